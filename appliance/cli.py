@@ -1,0 +1,40 @@
+"""The `appliance` command: a thin layer over functions the tests call directly."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from appliance.errors import ApplianceError
+
+# Each module has register(subparsers), which adds its sub-command and sets `run`
+# (a function of the parsed arguments that returns the exit status).
+COMMAND_MODULES = (
+    "appliance.commands.config_check",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Build a deep learning workshop: fetch assets, build the VM, export the OVA, write thumb drives.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ApplianceError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("appliance: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,196 @@
+"""workshop.yml: the single source of truth, validated.
+
+The Vagrantfile (Ruby YAML) and Ansible (vars file) read the same file; this schema is
+what they may rely on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+
+from appliance.errors import ConfigError
+from appliance.manifest import Manifest, load_manifest
+from appliance.validation import fail_at, validate
+from appliance.yamlfile import load_yaml
+
+MIN_MEMORY_MB = 2048
+# Names end up in file names (OVA, thumb drive), so they stay FAT-safe and portable.
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Boxes(Strict):
+    """The Vagrant box for each provider."""
+
+    virtualbox: StrictStr
+    libvirt: StrictStr
+
+
+def _default_boxes() -> dict[str, Boxes]:
+    return {
+        "fedora": Boxes(virtualbox="fedora/42-cloud-base", libvirt="fedora/42-cloud-base"),
+        "debian": Boxes(virtualbox="debian/trixie64", libvirt="debian/trixie64"),
+    }
+
+
+class VM(Strict):
+    os: Literal["fedora", "debian"] = "fedora"
+    boxes: dict[Literal["fedora", "debian"], Boxes] = Field(default_factory=_default_boxes)
+    memory_mb: StrictInt = Field(default=4096, ge=MIN_MEMORY_MB)
+    cpus: StrictInt = Field(default=2, ge=1, le=64)
+    video_memory_mb: StrictInt = Field(default=16, ge=16, le=256)
+    disk_gb: StrictInt = Field(default=20, ge=8, le=2048)
+
+    @model_validator(mode="after")
+    def _box_for_os(self) -> "VM":
+        if self.os not in self.boxes:
+            raise ValueError(f"no box is given for os {self.os!r}; add vm.boxes.{self.os}")
+        return self
+
+    @property
+    def box(self) -> Boxes:
+        return self.boxes[self.os]
+
+
+class Ports(Strict):
+    host_address: StrictStr = "127.0.0.1"
+    jupyter: StrictInt = Field(default=8888, ge=1, le=65535)
+    tensorboard: StrictInt = Field(default=6006, ge=1, le=65535)
+    ssh: StrictInt = Field(default=2222, ge=1, le=65535)
+
+    @field_validator("host_address")
+    @classmethod
+    def _an_ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0") from None
+        return value
+
+    @model_validator(mode="after")
+    def _no_clash(self) -> "Ports":
+        seen: dict[int, str] = {}
+        for name in ("jupyter", "tensorboard", "ssh"):
+            port = getattr(self, name)
+            if port in seen:
+                raise ValueError(f"ports.{name} and ports.{seen[port]} are both {port}; give each its own port")
+            seen[port] = name
+        return self
+
+
+class Jupyter(Strict):
+    """Jupyter always asks for a secret. With no password hash, a random token is made at
+    build (or run) time and printed in the guide: no secret is ever kept in the repo."""
+
+    password_hash: StrictStr | None = None
+    root: StrictStr = "notebooks"
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_hash_not_a_password(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("argon2:", "sha1:")):
+            raise ValueError(
+                "must be a hash made by `python -c 'from jupyter_server.auth import passwd; print(passwd())'`, "
+                "never a plain password"
+            )
+        return value
+
+
+class Assets(Strict):
+    manifest: StrictStr = "assets.yml"
+    # null means every asset the manifest lists (installers only go on the thumb drive)
+    include: list[StrictStr] | None = None
+
+
+class Workshop(Strict):
+    name: StrictStr
+    version: StrictStr
+    title: StrictStr = "Deep Learning Workshop"
+    description: StrictStr = ""
+    vendor: StrictStr = ""
+    url: StrictStr = ""
+    vm: VM = Field(default_factory=VM)
+    ports: Ports = Field(default_factory=Ports)
+    keras_backend: Literal["tensorflow", "jax", "torch"] = "tensorflow"
+    jupyter: Jupyter = Field(default_factory=Jupyter)
+    notebooks: list[StrictStr] = Field(default_factory=list)
+    assets: Assets = Field(default_factory=Assets)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _SAFE_NAME.match(value):
+            raise ValueError(f"{value!r} must be lower-case letters, digits, '.', '-' or '_' (it names files)")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _safe_version(cls, value: str) -> str:
+        if not re.match(r"^[0-9A-Za-z][0-9A-Za-z._-]*$", value):
+            raise ValueError(f"{value!r} must be letters, digits, '.', '-' or '_' (it names files)")
+        return value
+
+    @property
+    def artifact_name(self) -> str:
+        """The stem of the OVA and the thumb-drive image: FAT-safe by construction."""
+        return f"{self.name}-{self.version}"
+
+
+class LoadedConfig(BaseModel):
+    """A validated workshop.yml with the files it names resolved."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    path: Path
+    root: Path
+    workshop: Workshop
+    manifest: Manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / self.workshop.assets.manifest
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / self.workshop.jupyter.root
+
+    def included_assets(self) -> list:
+        return self.manifest.select(self.workshop.assets.include)
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read and check workshop.yml and the files it names; raise ConfigError on the first problem."""
+    path = Path(path)
+    data, lines = load_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the file must be a mapping of keys (name: ..., version: ...)")
+    workshop = validate(Workshop, data, path, lines)
+    root = path.resolve().parent
+
+    manifest_path = root / workshop.assets.manifest
+    if not manifest_path.is_file():
+        raise fail_at(path, lines, ("assets", "manifest"), f"{manifest_path} does not exist; fix the path")
+    manifest = load_manifest(manifest_path)
+
+    known = manifest.by_name()
+    for index, name in enumerate(workshop.assets.include or []):
+        if name not in known:
+            raise fail_at(
+                path, lines, ("assets", "include", index), f"{name!r} is not in {workshop.assets.manifest}; add it there or remove it here"
+            )
+
+    notebooks_dir = root / workshop.jupyter.root
+    for index, notebook in enumerate(workshop.notebooks):
+        if not (notebooks_dir / notebook).is_file():
+            raise fail_at(
+                path, lines, ("notebooks", index), f"{notebooks_dir / notebook} does not exist; fix the name or add the notebook"
+            )
+    return LoadedConfig(path=path, root=root, workshop=workshop, manifest=manifest)

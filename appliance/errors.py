@@ -1,0 +1,13 @@
+"""Errors that end a command with one clear line instead of a traceback."""
+
+
+class ApplianceError(Exception):
+    """A problem the user can fix; the message says what to change."""
+
+    exit_code = 1
+
+
+class ConfigError(ApplianceError):
+    """workshop.yml or the asset manifest is invalid."""
+
+    exit_code = 2

@@ -1,0 +1,32 @@
+"""Shared fixtures: the repository root and a way to run the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def run_appliance(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `python -m appliance` as a user would, capturing its output."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        cwd=cwd or REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def appliance_cli():
+    return run_appliance

@@ -1,0 +1,90 @@
+"""workshop.yml validation: the repository's own file passes; each bad input fails with one
+line that names the place and what to change, exit status 2 and no traceback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load_config
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, repo_root: Path) -> Path:
+    shutil.copy(repo_root / "assets.yml", tmp_path / "assets.yml")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "one.ipynb").write_text("{}")
+    return tmp_path
+
+
+def test_repository_config_is_valid(appliance_cli, repo_root: Path) -> None:
+    result = appliance_cli("config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "ok: dl-workshop-" in result.stdout
+    loaded = load_config(repo_root / "workshop.yml")
+    assert loaded.workshop.ports.host_address == "127.0.0.1"
+    assert loaded.workshop.vm.memory_mb >= 2048
+
+
+def test_defaults_fill_in_a_minimal_file(workdir: Path) -> None:
+    (workdir / "w.yml").write_text('name: mini\nversion: "1.0"\n')
+    workshop = load_config(workdir / "w.yml").workshop
+    assert workshop.vm.os == "fedora"
+    assert workshop.vm.memory_mb == 4096
+    assert (workshop.ports.jupyter, workshop.ports.tensorboard, workshop.ports.ssh) == (8888, 6006, 2222)
+    assert workshop.ports.host_address == "127.0.0.1"
+    assert workshop.keras_backend == "tensorflow"
+    assert workshop.artifact_name == "mini-1.0"
+
+
+BAD_INPUTS = [
+    pytest.param('name: x\nversion: "1"\ncolour: blue\n', r"w\.yml:3: colour: unknown key", id="unknown-key"),
+    pytest.param('name: x\nversion: "1"\nvm:\n  memroy_mb: 4096\n', r"w\.yml:4: vm\.memroy_mb: unknown key", id="misspelt-nested-key"),
+    pytest.param('name: x\nversion: "1"\nvm:\n  cpus: two\n', r"w\.yml:4: vm\.cpus: 'two' has the wrong type; write a whole number", id="wrong-type"),
+    pytest.param('name: x\nversion: 1.5\n', r"w\.yml:2: version: 1\.5 has the wrong type; write a string \(quote it\)", id="unquoted-version"),
+    pytest.param('name: x\nversion: "1"\nports:\n  jupyter: 6006\n', r"w\.yml:3: ports: ports\.tensorboard and ports\.jupyter are both 6006", id="port-clash"),
+    pytest.param('name: x\nversion: "1"\nports:\n  ssh: 70000\n', r"w\.yml:4: ports\.ssh: 70000 is above the maximum 65535", id="port-range"),
+    pytest.param('name: x\nversion: "1"\nports:\n  host_address: localhost\n', r"ports\.host_address: .*not an IP address", id="host-address"),
+    pytest.param('name: x\nversion: "1"\nvm:\n  memory_mb: 1024\n', r"w\.yml:4: vm\.memory_mb: 1024 is below the minimum 2048", id="memory-minimum"),
+    pytest.param('name: x\nversion: "1"\nkeras_backend: theano\n', r"keras_backend: 'theano' is not allowed; use one of", id="backend"),
+    pytest.param('version: "1"\n', r"name: required key is missing", id="missing-name"),
+    pytest.param('name: "My Workshop"\nversion: "1"\n', r"w\.yml:1: name: .*lower-case", id="unsafe-name"),
+    pytest.param('name: x\nversion: "1"\nnotebooks: [missing.ipynb]\n', r"w\.yml:3: notebooks\[0\]: .*missing\.ipynb does not exist", id="missing-notebook"),
+    pytest.param('name: x\nversion: "1"\nassets:\n  manifest: nowhere.yml\n', r"w\.yml:4: assets\.manifest: .*nowhere\.yml does not exist", id="missing-manifest"),
+    pytest.param('name: x\nversion: "1"\nassets:\n  include: [nope.bin]\n', r"assets\.include\[0\]: 'nope\.bin' is not in assets\.yml", id="unknown-asset"),
+    pytest.param('name: x\nversion: "1"\nports:\n  jupyter: [8888\n', r"w\.yml:5: YAML syntax error", id="yaml-syntax"),
+    pytest.param('name: x\nversion: "1"\njupyter:\n  password_hash: hunter2\n', r"jupyter\.password_hash: must be a hash", id="plain-password"),
+    pytest.param("- just\n- a list\n", r"w\.yml:1: the file must be a mapping", id="not-a-mapping"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_INPUTS)
+def test_bad_input_fails_with_one_clear_line(appliance_cli, workdir: Path, text: str, expected: str) -> None:
+    (workdir / "w.yml").write_text(text)
+    result = appliance_cli("config", "check", "w.yml", cwd=workdir)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.search(expected, lines[0]), lines[0]
+
+
+def test_missing_config_file(appliance_cli, tmp_path: Path) -> None:
+    result = appliance_cli("config", "check", str(tmp_path / "absent.yml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("absent.yml: file not found; create it or pass the right path")
+
+
+def test_bad_manifest_entry_names_the_manifest_line(appliance_cli, workdir: Path) -> None:
+    (workdir / "assets.yml").write_text(
+        "assets:\n  - name: a.bin\n    kind: dataset\n    urls: [https://example.org/a.bin]\n"
+        "    hash: sha256:abc\n    place: keras/datasets/a.bin\n"
+    )
+    (workdir / "w.yml").write_text('name: x\nversion: "1"\n')
+    result = appliance_cli("config", "check", "w.yml", cwd=workdir)
+    assert result.returncode == 2
+    assert re.search(r"assets\.yml:5: assets\[0\]\.hash: 'sha256:abc' is not", result.stderr)
+
