@@ -30,3 +30,19 @@ def run_appliance(*args: str, cwd: Path | None = None, env: dict[str, str] | Non
 @pytest.fixture
 def appliance_cli():
     return run_appliance
+
+
+@pytest.fixture(scope="session")
+def workshop_python() -> Path:
+    """The Python of the workshop environment (the lock installed), for kernels and local mode.
+
+    WORKSHOP_PYTHON names an existing one (e.g. a developer's venv); otherwise local/setup.bash
+    builds ./env from the wheelhouse once, as a participant would.
+    """
+    given = os.environ.get("WORKSHOP_PYTHON")
+    if given:
+        return Path(given)
+    env_python = REPO_ROOT / "env" / "bin" / "python"
+    if not env_python.exists():
+        subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600)
+    return env_python
