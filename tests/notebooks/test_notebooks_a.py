@@ -33,3 +33,12 @@ def test_mnist_mlp_learns_and_runs_the_experiments(execute_notebook, notebook_en
     text = cell_text(nb)
     for label in ("batch 16", "batch 1024", "SGD+momentum", "dropout 0.5"):
         assert label in text
+
+
+def test_mnist_cnn_learns_and_reloads_identically(execute_notebook, notebook_env):
+    execute_notebook("02-mnist-cnn.ipynb")
+    results = notebook_env.results("02-mnist-cnn")
+    assert results["test_accuracy"] > 0.5
+    assert results["augmented_accuracy"] > 0.3
+    assert results["reloaded_identical"] is True
+    assert (notebook_env.notebooks_dir / "results" / "02-mnist-cnn.keras").is_file()
