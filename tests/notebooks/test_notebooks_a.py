@@ -42,3 +42,13 @@ def test_mnist_cnn_learns_and_reloads_identically(execute_notebook, notebook_env
     assert results["augmented_accuracy"] > 0.3
     assert results["reloaded_identical"] is True
     assert (notebook_env.notebooks_dir / "results" / "02-mnist-cnn.keras").is_file()
+
+
+def test_rnn_learns_below_uniform_and_samples_each_temperature(execute_notebook, notebook_env):
+    execute_notebook("06-rnn-shakespeare.ipynb", {"temperatures": [0.2, 1.0, 1.5]})
+    results = notebook_env.results("06-rnn-shakespeare")
+    # below the loss of a uniform guess means it learned the text's statistics
+    assert results["final_loss"] < results["uniform_loss"] - 0.3
+    assert set(results["samples"]) == {"0.2", "1.0", "1.5"}
+    for sample in results["samples"].values():
+        assert sample.startswith("ROMEO:") and len(sample) > len("ROMEO:") + 50
