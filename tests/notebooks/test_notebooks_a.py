@@ -52,3 +52,16 @@ def test_rnn_learns_below_uniform_and_samples_each_temperature(execute_notebook,
     assert set(results["samples"]) == {"0.2", "1.0", "1.5"}
     for sample in results["samples"].values():
         assert sample.startswith("ROMEO:") and len(sample) > len("ROMEO:") + 50
+
+
+def test_numerical_library_check_measures_gemm_and_omp_threads(execute_notebook, notebook_env):
+    execute_notebook("08-X-numerical-library-check.ipynb")
+    results = notebook_env.results("08-X-numerical-library-check")
+    assert results["gflops"] and all(value > 0 for value in results["gflops"].values())
+    assert "1-float64" in results["gflops"]
+    runs = results["omp_runs"]
+    # a fresh interpreter honours OMP_NUM_THREADS=1: its BLAS pool has one thread
+    assert runs["OMP_NUM_THREADS=1"]["threads"] == [1]
+    cores = results["cores"]
+    assert runs[f"OMP_NUM_THREADS={cores}"]["threads"] == [cores]
+    assert all(run["gflops"] > 0 for run in runs.values())
