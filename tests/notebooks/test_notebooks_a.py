@@ -65,3 +65,84 @@ def test_numerical_library_check_measures_gemm_and_omp_threads(execute_notebook,
     cores = results["cores"]
     assert runs[f"OMP_NUM_THREADS={cores}"]["threads"] == [cores]
     assert all(run["gflops"] > 0 for run in runs.values())
+
+
+# --- 08-Z: the GPU chooser's refresh against pages served locally -------------------------
+
+SPEC_PAGE = """<html><body><h2>GeForce 40 series</h2>
+<table class="wikitable">
+<tr><th rowspan="2">Model name</th><th rowspan="2">Launch</th><th colspan="2">Memory</th>
+    <th colspan="2">Processing power (GFLOPS)</th><th rowspan="2">Release price (USD)</th></tr>
+<tr><th>Size (GiB)</th><th>Bandwidth (GB/s)</th><th>Half precision</th><th>Single precision</th></tr>
+<tr><th>GeForce RTX 4090</th><td>Oct 12, 2022</td><td>24</td><td>1008</td><td>82,580</td>
+    <td>82,580<sup>[12]</sup></td><td>$1,599</td></tr>
+<tr><th>GeForce RTX 9999</th><td rowspan="2">2027</td><td>48</td><td>2,000</td><td>300,000</td>
+    <td>150,000</td><td>$2,999</td></tr>
+<tr><th>GeForce RTX 9990</th><td>32</td><td>1,500</td><td>200,000</td><td>100,000</td><td></td></tr>
+</table></body></html>"""
+
+CHANGED_PAGE = """<html><body><table class="wikitable">
+<tr><th>GPU</th><th>VRAM</th><th>Speed</th></tr><tr><td>RTX 4090</td><td>24 GB</td><td>fast</td></tr>
+</table></body></html>"""
+
+
+def refresh_in_workshop_python(python: Path, url: str) -> dict:
+    notebooks = Path(__file__).resolve().parents[2] / "notebooks"
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(notebooks)!r})
+        import gpu_chooser
+        result = gpu_chooser.refresh({url!r}, timeout=5)
+        snapshot = gpu_chooser.load_snapshot()
+        print(json.dumps({{"refreshed": result.refreshed, "message": result.message,
+                          "rows": result.rows, "snapshot_rows": len(snapshot)}}))
+    """)
+    done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_gpu_refresh_parses_the_expected_layout(workshop_python, httpserver):
+    httpserver.expect_request("/wiki/gpus").respond_with_data(SPEC_PAGE, content_type="text/html")
+    url = httpserver.url_for("/wiki/gpus")
+    result = refresh_in_workshop_python(workshop_python, url)
+    assert result["refreshed"] is True, result["message"]
+    rows = {row["name"]: row for row in result["rows"]}
+    assert len(result["rows"]) == result["snapshot_rows"] + 2  # two new GPUs; the 4090 is updated in place
+    new = rows["GeForce RTX 9999"]
+    assert (new["memory_gb"], new["bandwidth_gbs"], new["fp32_tflops"], new["fp16_tflops"], new["price_usd"]) == \
+        (48, 2000, 150, 300, 2999)
+    # the rowspan of "Launch" must not shift the next row's columns
+    assert (rows["GeForce RTX 9990"]["memory_gb"], rows["GeForce RTX 9990"]["price_usd"]) == (32, None)
+    updated = rows["GeForce RTX 4090"]
+    assert updated["fp32_tflops"] == pytest.approx(82.58) and updated["source"] == url
+    assert updated["price_usd"] == 1599
+
+
+def test_gpu_refresh_says_when_the_layout_changed(workshop_python, httpserver):
+    httpserver.expect_request("/wiki/gpus").respond_with_data(CHANGED_PAGE, content_type="text/html")
+    result = refresh_in_workshop_python(workshop_python, httpserver.url_for("/wiki/gpus"))
+    assert result["refreshed"] is False
+    assert "layout has changed" in result["message"] and "bandwidth" in result["message"]
+    assert len(result["rows"]) == result["snapshot_rows"]
+
+
+def test_gpu_refresh_falls_back_to_the_snapshot_when_unreachable(workshop_python):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = refresh_in_workshop_python(workshop_python, f"http://127.0.0.1:{port}/wiki/gpus")
+    assert result["refreshed"] is False
+    assert result["message"].startswith("could not read") and "snapshot" in result["message"]
+    assert len(result["rows"]) == result["snapshot_rows"] > 10
+
+
+def test_gpu_chooser_notebook_scores_and_refreshes(execute_notebook, notebook_env, httpserver):
+    httpserver.expect_request("/wiki/gpus").respond_with_data(SPEC_PAGE, content_type="text/html")
+    execute_notebook("08-Z-gpu-chooser.ipynb", {"spec_url": httpserver.url_for("/wiki/gpus")})
+    results = notebook_env.results("08-Z-gpu-chooser")
+    assert results["refreshed"] is True
+    assert "GeForce RTX 9999" in results["names"]
+    assert results["best_buy"] and results["best_rent"]
