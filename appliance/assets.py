@@ -221,6 +221,8 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
                     raise _Unavailable(last) from None
             except requests.RequestException as exc:
                 last = _short_error(exc)
+            except OSError as exc:  # after requests' errors, which are OSErrors too
+                raise ApplianceError(f"{asset.name}: cannot write {tmp}: {exc.strerror or exc}; free space or pass --cache DIR") from None
             if attempt < options.retries:
                 delay = min(2**attempt, 10)
                 options.log(f"  {asset.name}: {last} from {_host(url)}; retrying in {delay} s")
@@ -337,6 +339,11 @@ def fetch_assets(
         raise ApplianceError("--pin needs the network to download the file; drop --offline")
     if pin and manifest_path is None:
         raise ApplianceError("--pin needs the manifest to write the hash into")
+    if not offline:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ApplianceError(f"cannot create the cache {cache}: {exc.strerror or exc}; pass --cache DIR") from None
     outcomes: list[Outcome] = []
     for asset in assets:
         if offline:

@@ -388,3 +388,56 @@ def test_keras_sources_publish_these_hashes(repo_root: Path) -> None:
 def test_check_cached_reports_missing(tmp_path: Path, repo_root: Path) -> None:
     asset = load_manifest(repo_root / "assets.yml").by_name()["mnist.npz"]
     assert check_cached(asset, tmp_path).status == "missing"
+
+
+class _StallingHandler(http.server.BaseHTTPRequestHandler):
+    """Sends the headers and part of the data, then stalls until the test lets go."""
+
+    release: threading.Event
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD[:150_000])  # more than one read chunk
+        self.wfile.flush()
+        self.release.wait(30)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_ctrl_c_during_a_download_leaves_nothing_behind(tmp_path: Path, repo_root: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    release = threading.Event()
+    handler = type("Handler", (_StallingHandler,), {"release": release})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.bin"
+        config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [url], "hash": f"sha256:{SHA256}"}])
+        cache = tmp_path / "cache"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)],
+            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size > 0 for p in cache.glob(".*.part")) if cache.is_dir() else True:
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert not (cache / "a.bin").exists()
+        assert leftovers(cache) == []
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliance.assets import FetchOptions, failure_line, fetch_assets
+from appliance.assets import UNPINNED, FetchOptions, failure_line, fetch_assets
 from appliance.config import LoadedConfig, load_config
 from appliance.errors import ApplianceError
 from appliance.manifest import Asset
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     problem = failure_line(outcomes, cache, offline=args.offline)
     if problem:
         raise ApplianceError(problem)
+    unpinned = [o.name for o in outcomes if o.status == UNPINNED]
+    print(f"\n{len(outcomes)} asset(s) ready in {cache}" + (f"; unpinned (not verified): {', '.join(unpinned)}" if unpinned else ""))
     if args.wheels:
         fill_wheelhouse(loaded, cache, offline=args.offline)
     return 0
