@@ -256,6 +256,7 @@ def _download_verified(asset: Asset, cache: Path, options: FetchOptions) -> tupl
         except _Rejected as exc:
             tmp.unlink(missing_ok=True)
             problems.append(f"{url}: {exc}")
+            options.log(f"  {asset.name}: rejected the file from {_host(url)} ({exc}); deleted it")
             continue
         except BaseException:
             tmp.unlink(missing_ok=True)

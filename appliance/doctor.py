@@ -68,7 +68,7 @@ def check_python(vm: bool) -> Check:
         found = shutil.which(f"python{major}.{minor}")
         if found and _version_of(found) == (major, minor):
             return Check("python", OK, f"{shown}; {found} is {major}.{minor}",
-                         f"local mode uses {found} (set PYTHON={found} for local/setup.bash)")
+                         f"this Python cannot run TensorFlow; local mode can use {found}")
     wanted = "3.10-3.13"
     advice = (f"install Python {wanted} (e.g. Fedora: dnf install python3.13; macOS/Windows: python.org) "
               f"for local mode; TensorFlow has no wheels for {current[0]}.{current[1]}")
