@@ -16,13 +16,27 @@ from appliance.doctor import cpu_flags, port_free
 ASSET = b"a small dataset\n" * 1000
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free right now (all held open together so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
-def make_workshop(tmp_path: Path, jupyter: int, tensorboard: int, *, cached: bool = True) -> Path:
+def make_workshop(tmp_path: Path, jupyter: int | None = None, tensorboard: int | None = None, *, cached: bool = True) -> Path:
+    spare = [p for p in free_ports(4) if p not in (jupyter, tensorboard)]
+    jupyter = jupyter or spare.pop()
+    tensorboard = tensorboard or spare.pop()
+    ssh = spare.pop()
     (tmp_path / "assets.yml").write_text(
         "assets:\n  - name: d.npz\n    kind: dataset\n    urls: [https://example.org/d.npz]\n"
         f"    hash: sha256:{hashlib.sha256(ASSET).hexdigest()}\n    size: {len(ASSET)}\n    place: keras/datasets/d.npz\n"
@@ -31,7 +45,7 @@ def make_workshop(tmp_path: Path, jupyter: int, tensorboard: int, *, cached: boo
         (tmp_path / "cache").mkdir()
         (tmp_path / "cache" / "d.npz").write_bytes(ASSET)
     config = tmp_path / "workshop.yml"
-    config.write_text(f'name: t\nversion: "1"\nports:\n  jupyter: {jupyter}\n  tensorboard: {tensorboard}\n  ssh: {free_port()}\n')
+    config.write_text(f'name: t\nversion: "1"\nports:\n  jupyter: {jupyter}\n  tensorboard: {tensorboard}\n  ssh: {ssh}\n')
     return config
 
 
@@ -64,11 +78,11 @@ def listening() -> Iterator[int]:
 
 
 def test_rows_on_this_machine(appliance_cli, tmp_path: Path) -> None:
-    config = make_workshop(tmp_path, free_port(), free_port())
+    config = make_workshop(tmp_path)
     result = doctor(appliance_cli, config)
     table = rows(result.stdout)
     for name in ("python", "memory", "disk", "avx", "port jupyter", "port tensorboard", "asset d.npz"):
-        assert name in table, result.stdout
+        assert name in table, result.stdout + result.stderr
     assert "port ssh" not in table  # only the VM forwards ssh
     assert table["port jupyter"][0] == "ok"
     assert table["port tensorboard"][0] == "ok"
@@ -81,7 +95,7 @@ def test_rows_on_this_machine(appliance_cli, tmp_path: Path) -> None:
 
 
 def test_a_port_in_use_fails(appliance_cli, tmp_path: Path, listening: int) -> None:
-    config = make_workshop(tmp_path, listening, free_port())
+    config = make_workshop(tmp_path, jupyter=listening)
     result = doctor(appliance_cli, config)
     assert result.returncode == 1
     table = rows(result.stdout)
@@ -98,7 +112,7 @@ def test_port_free_sees_a_listener(listening: int) -> None:
 
 
 def test_missing_and_corrupted_assets_fail(appliance_cli, tmp_path: Path) -> None:
-    config = make_workshop(tmp_path, free_port(), free_port(), cached=False)
+    config = make_workshop(tmp_path, cached=False)
     missing = doctor(appliance_cli, config)
     assert missing.returncode == 1
     assert rows(missing.stdout)["asset d.npz"][0] == "FAIL"
@@ -112,17 +126,17 @@ def test_missing_and_corrupted_assets_fail(appliance_cli, tmp_path: Path) -> Non
 
 
 def test_vm_rows(appliance_cli, tmp_path: Path) -> None:
-    config = make_workshop(tmp_path, free_port(), free_port())
+    config = make_workshop(tmp_path)
     result = doctor(appliance_cli, config, "--vm")
     table = rows(result.stdout)
     for name in ("virtualization", "VirtualBox", "vagrant", "port ssh", "memory"):
-        assert name in table, result.stdout
+        assert name in table, result.stdout + result.stderr
     if "VBoxManage not found" in table["VirtualBox"][1]:
         assert table["VirtualBox"][0] == "FAIL" and result.returncode == 1
 
 
 def test_build_manifest_is_summarized(appliance_cli, tmp_path: Path) -> None:
-    config = make_workshop(tmp_path, free_port(), free_port())
+    config = make_workshop(tmp_path)
     manifest = tmp_path / "build-manifest.json"
     manifest.write_text(json.dumps({"name": "dl-workshop", "version": "2026.11", "packages": {"keras": "3.12"}}))
     result = appliance_cli("doctor", "--config", str(config), "--cache", str(tmp_path / "cache"), "--build-manifest", str(manifest))
