@@ -112,7 +112,8 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, kernel_dirs: Path, *, timeout:
                             resources={"metadata": {"path": str(cwd)}})
     client.reset_execution_trackers()
     try:
-        with client.setup_kernel():
+        # we pass our own kernel manager, so nbclient would leave the kernel running: ask it not to
+        with client.setup_kernel(cleanup_kc=True):
             if on_kernel_start is not None:
                 on_kernel_start(km.provisioner.pid)
             for index, cell in enumerate(nb.cells):
