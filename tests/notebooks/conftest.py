@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_assets  # noqa: E402
 from harness import (  # noqa: E402,F401  (re-exported for the test files)
-    MANIFEST, NOTEBOOKS, assets_mentioned, asset_file, cell_text, error_outputs, execute,
+    MANIFEST, NOTEBOOKS, assets_mentioned, asset_file, cell_text, error_outputs, execute, images,
     inject_parameters, kernel_environment, write_kernelspec,
 )
 

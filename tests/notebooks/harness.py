@@ -42,7 +42,6 @@ def kernel_environment(root: Path, keras_home: Path) -> dict[str, str]:
         "KERAS_HOME": str(keras_home),
         "WORKSHOP_ASSETS_MANIFEST": str(MANIFEST),
         "WORKSHOP_LOGDIR": str(root / "logs"),
-        "MPLBACKEND": "Agg",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONHASHSEED": "0",
@@ -123,3 +122,9 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, kernel_dirs: Path, *, timeout:
     errors = error_outputs(nb)
     if errors:
         raise NotebookFailed(f"{name} has error cells: {errors}")
+
+
+def images(nb: nbformat.NotebookNode) -> int:
+    """How many images (plots) the executed notebook shows."""
+    return sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+               if "image/png" in out.get("data", {}))

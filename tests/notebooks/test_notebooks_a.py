@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cell_text
+from conftest import cell_text, images
 
 pytestmark = pytest.mark.notebooks
 
@@ -22,6 +22,7 @@ def test_framework_basics_trains_logistic_regression(execute_notebook, notebook_
     assert results["test_accuracy"] > 0.8
     assert results["final_loss"] < results["first_loss"]
     assert "TypeError:" in cell_text(nb)  # the pitfall is shown, not crashed on
+    assert images(nb) >= 3  # data, learning curves, decision boundary
 
 
 def test_mnist_mlp_learns_and_runs_the_experiments(execute_notebook, notebook_env):
@@ -32,10 +33,12 @@ def test_mnist_mlp_learns_and_runs_the_experiments(execute_notebook, notebook_en
     text = cell_text(nb)
     for label in ("batch 16", "batch 1024", "SGD+momentum", "dropout 0.5"):
         assert label in text
+    assert images(nb) >= 7  # digits, curves, mistakes, four experiments
 
 
 def test_mnist_cnn_learns_and_reloads_identically(execute_notebook, notebook_env):
-    execute_notebook("02-mnist-cnn.ipynb")
+    nb = execute_notebook("02-mnist-cnn.ipynb")
+    assert images(nb) >= 6  # curves, filters, input, two feature-map grids, augmentations
     results = notebook_env.results("02-mnist-cnn")
     assert results["test_accuracy"] > 0.5
     assert results["augmented_accuracy"] > 0.3
@@ -44,7 +47,8 @@ def test_mnist_cnn_learns_and_reloads_identically(execute_notebook, notebook_env
 
 
 def test_rnn_learns_below_uniform_and_samples_each_temperature(execute_notebook, notebook_env):
-    execute_notebook("06-rnn-shakespeare.ipynb", {"temperatures": [0.2, 1.0, 1.5]})
+    nb = execute_notebook("06-rnn-shakespeare.ipynb", {"temperatures": [0.2, 1.0, 1.5]})
+    assert images(nb) == 1  # the loss curve
     results = notebook_env.results("06-rnn-shakespeare")
     # below the loss of a uniform guess means it learned the text's statistics
     assert results["final_loss"] < results["uniform_loss"] - 0.3
@@ -54,7 +58,8 @@ def test_rnn_learns_below_uniform_and_samples_each_temperature(execute_notebook,
 
 
 def test_numerical_library_check_measures_gemm_and_omp_threads(execute_notebook, notebook_env):
-    execute_notebook("08-X-numerical-library-check.ipynb")
+    nb = execute_notebook("08-X-numerical-library-check.ipynb")
+    assert images(nb) == 1  # the GFLOPS bar chart
     results = notebook_env.results("08-X-numerical-library-check")
     assert results["gflops"] and all(value > 0 for value in results["gflops"].values())
     assert "1-float64" in results["gflops"]
@@ -140,7 +145,8 @@ def test_gpu_refresh_falls_back_to_the_snapshot_when_unreachable(workshop_python
 
 def test_gpu_chooser_notebook_scores_and_refreshes(execute_notebook, notebook_env, httpserver):
     httpserver.expect_request("/wiki/gpus").respond_with_data(SPEC_PAGE, content_type="text/html")
-    execute_notebook("08-Z-gpu-chooser.ipynb", {"spec_url": httpserver.url_for("/wiki/gpus")})
+    nb = execute_notebook("08-Z-gpu-chooser.ipynb", {"spec_url": httpserver.url_for("/wiki/gpus")})
+    assert images(nb) == 1  # the price-performance plot
     results = notebook_env.results("08-Z-gpu-chooser")
     assert results["refreshed"] is True
     assert "GeForce RTX 9999" in results["names"]
