@@ -62,6 +62,8 @@ import socket, sys
 start = int(sys.argv[1])
 for port in range(start, start + 50):
     with socket.socket() as s:
+        # as the servers bind: connections in TIME_WAIT from a previous run do not block the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -131,8 +131,10 @@ place_assets() {
         say "no downloaded assets in cache/ (run 'bin/appliance fetch' with internet); notebooks that need data will say so"
         return
     fi
-    "$WORKSHOP_ENV/bin/python" -m appliance assets place --keras-home "$WORKSHOP_ENV/keras" \
-        --notebooks "$cfg_notebooks_dir" || die "placing the cached assets failed (see above)"
+    # A missing asset is reported but does not stop local mode: the other notebooks still run.
+    "$WORKSHOP_ENV/bin/python" -m appliance assets place --config "$WORKSHOP_CONFIG" \
+        --keras-home "$WORKSHOP_ENV/keras" --notebooks "$cfg_notebooks_dir" \
+        || say "warning: some assets could not be placed (see above); run 'bin/appliance fetch' with internet, then this again"
 }
 
 main() {
