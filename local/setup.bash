@@ -59,8 +59,14 @@ check_platform() {
     fi
 }
 
-# Where the wheels come from: --offline DIR, else cache/wheels when it has wheels, else the index.
+# Where the wheels come from: --offline DIR, else the folder an earlier --offline used (a later
+# automatic re-run from run-jupyter.bash stays offline), else cache/wheels, else the index.
 wheel_source() {
+    if [ -z "$offline_dir" ] && [ -f "$WORKSHOP_ENV/.workshop-wheels" ]; then
+        local previous
+        previous="$(cat "$WORKSHOP_ENV/.workshop-wheels")"
+        if compgen -G "$previous/*.whl" >/dev/null; then offline_dir="$previous"; fi
+    fi
     if [ -n "$offline_dir" ]; then
         [ -d "$offline_dir" ] || die "--offline $offline_dir: no such folder; give the folder that holds the .whl files"
         compgen -G "$offline_dir/*.whl" >/dev/null || die "--offline $offline_dir: no .whl files there; give the wheels folder (e.g. the thumb drive's wheels/)"
@@ -87,19 +93,21 @@ create_env() {
 
 install_lock() {
     local wheels="$1"
-    local source_args=()
+    local source_args=() pip_args=()
     if [ -n "$wheels" ]; then
         source_args=(--no-index --find-links "$wheels")
+        pip_args=(--isolated)   # nothing from pip's config or environment (extra indexes, constraints) applies
         say "installing the locked packages from $wheels (no network)"
     else
         say "no wheelhouse (cache/wheels is empty): installing the locked packages from PyPI"
     fi
     if [ "$installer" = uv ]; then
-        uv pip sync --no-config --python "$WORKSHOP_ENV/bin/python" --require-hashes "${source_args[@]}" "$WORKSHOP_LOCK" \
+        uv pip sync --no-config --python "$WORKSHOP_ENV/bin/python" --require-hashes ${source_args[@]+"${source_args[@]}"} "$WORKSHOP_LOCK" \
             || die "installing from the lock failed (see above); with --offline, the folder must hold the wheels for this Python and platform"
     else
-        "$WORKSHOP_ENV/bin/python" -m pip install --disable-pip-version-check --require-hashes --no-deps \
-            "${source_args[@]}" -r "$WORKSHOP_LOCK" \
+        # ${a[@]+...}: macOS's bash 3.2 calls an empty array unbound under set -u
+        "$WORKSHOP_ENV/bin/python" -m pip install ${pip_args[@]+"${pip_args[@]}"} --disable-pip-version-check \
+            --require-hashes --no-deps ${source_args[@]+"${source_args[@]}"} -r "$WORKSHOP_LOCK" \
             || die "installing from the lock failed (see above); with --offline, the folder must hold the wheels for this Python and platform"
     fi
 }
@@ -150,6 +158,7 @@ main() {
         install_lock "$wheels"
         link_appliance
         register_kernel
+        if [ -n "$wheels" ] && [ "$wheels" != "$WORKSHOP_REPO/cache/wheels" ]; then echo "$wheels" > "$WORKSHOP_ENV/.workshop-wheels"; fi
         workshop_stamp "$WORKSHOP_ENV/bin/python" > "$WORKSHOP_ENV/.workshop-stamp"
     fi
     local settings

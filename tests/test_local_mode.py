@@ -277,6 +277,16 @@ def test_setup_with_uv_offline(tmp_path: Path, wheelhouse: Path):
                            capture_output=True, text=True, env=clean_env(KERAS_BACKEND="tensorflow"), timeout=300)
     assert probe.stdout.strip() == "tensorflow", probe.stderr[-2000:]
 
+    # workshop.yml changed: the next run (no --offline given) sees the stale stamp, installs again
+    # from the wheels folder the first run used, still with no network, and rewrites the kernel
+    config = repo / "workshop.yml"
+    config.write_text(config.read_text().replace("keras_backend: tensorflow", "keras_backend: jax"))
+    again = run_setup(repo, env=clean_env(**NO_NETWORK))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "up to date" not in again.stderr and f"from {wheelhouse}" in again.stderr
+    spec = json.loads((repo / "env" / "share" / "jupyter" / "kernels" / "workshop" / "kernel.json").read_text())
+    assert spec["env"]["KERAS_BACKEND"] == "jax"
+
 
 @pytest.fixture
 def scripts_only(tmp_path: Path) -> Path:
