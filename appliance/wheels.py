@@ -155,7 +155,7 @@ class _Verified:
 
 def _pip_environment() -> dict[str, str]:
     """Our environment without the machine's pip configuration (constraints, extra indexes)."""
-    keep = {"PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_DISABLE_PIP_VERSION_CHECK"}
+    keep = {"PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_TIMEOUT", "PIP_RETRIES", "PIP_DISABLE_PIP_VERSION_CHECK"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in keep}
     env["PIP_CONFIG_FILE"] = os.devnull
     return env

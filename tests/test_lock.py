@@ -86,3 +86,67 @@ def test_requires_python_admits_old_patch_releases(wheelhouse):
                     problems.append(f"{wheel.name}: Requires-Python {spec} excludes {python}")
     assert checked > 200
     assert not problems
+
+
+def _tiny_lock(tmp_path: Path, wheel_bytes: bytes) -> Path:
+    import hashlib
+
+    lock = tmp_path / "tiny.lock"
+    lock.write_text("# tiny\ndemo-pkg==1.0 \\\n    --hash=sha256:" + hashlib.sha256(wheel_bytes).hexdigest() + "\n")
+    return lock
+
+
+def _make_wheel(path: Path) -> bytes:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("demo_pkg/__init__.py", "")
+        archive.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n")
+    return path.read_bytes()
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+
+
+def test_wheelhouse_keeps_verified_wheels_without_downloading(tmp_path, monkeypatch):
+    from appliance.wheels import build_wheelhouse
+
+    dest = tmp_path / "wheels"
+    dest.mkdir()
+    lock = _tiny_lock(tmp_path, _make_wheel(dest / "demo_pkg-1.0-py3-none-any.whl"))
+    _no_network(monkeypatch)  # any download attempt would fail
+    build_wheelhouse(lock, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["demo_pkg-1.0-py3-none-any.whl"]
+
+
+def test_wheelhouse_does_not_trust_a_wheel_with_another_hash(tmp_path, monkeypatch):
+    from appliance.errors import ApplianceError
+    from appliance.wheels import build_wheelhouse
+
+    dest = tmp_path / "wheels"
+    dest.mkdir()
+    good = _make_wheel(tmp_path / "demo_pkg-1.0-py3-none-any.whl")
+    lock = _tiny_lock(tmp_path, good)
+    (dest / "demo_pkg-1.0-py3-none-any.whl").write_bytes(good + b"tampered")
+    _no_network(monkeypatch)
+    with pytest.raises(ApplianceError, match="could not download the wheels for Python 3.11"):
+        build_wheelhouse(lock, dest, python_versions=("3.11",))
+    assert not list(dest.glob(".download-*"))  # the staging folder is gone
+
+
+def test_wheelhouse_targets():
+    from appliance.errors import ApplianceError
+    from appliance.wheels import pins_for, pip_platform_tags, target_tags
+
+    pins = parse_lock(LOCK)
+    linux311 = {p.name: p.version for p in pins_for(pins, "3.11", "linux_x86_64") if p.name == "soupsieve"}
+    both = [p.version for p in pins_for(pins, "3.11", "linux_x86_64") if p.name == "soupsieve"]
+    assert len(both) == 2 and linux311  # both sides of the python_full_version fork
+    assert "manylinux_2_27_x86_64" in pip_platform_tags("linux_x86_64")
+    assert "manylinux_2_34_x86_64" not in pip_platform_tags("linux_x86_64")
+    tags311 = {str(t) for t in target_tags("3.11", "linux_x86_64")}
+    assert "cp311-cp311-manylinux_2_27_x86_64" in tags311 and "py3-none-any" in tags311
+    assert "cp313-cp313-manylinux_2_27_x86_64" not in tags311
+    with pytest.raises(ApplianceError, match="unknown wheel platform 'solaris'"):
+        pip_platform_tags("solaris")
