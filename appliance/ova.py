@@ -359,16 +359,21 @@ class _CountingReader:
         return data
 
 
+def member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    info.uname = info.gname = "someone"
+    return info
+
+
 def pack_ova(out: Path, members: list[tuple[str, Path]], progress: Progress) -> None:
     """A POSIX (pax) tar: ustar headers where they suffice, pax size records for members
     of 8 GiB and more. Members go in the given order; VirtualBox wants the .ovf first."""
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in members:
-            info = tarfile.TarInfo(name)
-            info.size = path.stat().st_size
-            info.mtime = int(time.time())
-            info.mode = 0o644
-            info.uname = info.gname = "someone"
+            info = member_info(name, path.stat().st_size)
             with path.open("rb") as handle:
                 tar.addfile(info, _CountingReader(handle, info.size, progress, f"packing {name}"))  # type: ignore[arg-type]
 
