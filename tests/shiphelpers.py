@@ -71,6 +71,27 @@ def make_disk(directory: Path, payload: bytes = b"", size_mb: int = 64) -> Path:
     return qcow2
 
 
+def kernel_has(filesystem: str) -> bool:
+    try:
+        known = Path("/proc/filesystems").read_text().split()
+    except OSError:
+        return False
+    return filesystem in known
+
+
+# Without the kernel's vfat/exfat (some CI kernels lack the modules), FUSE serves the same
+# on-disk formats: fusefat for FAT32, exfat-fuse for exFAT. fsname names the device in
+# /proc/self/mountinfo, as a kernel mount would.
+def mount_command(filesystem: str, device: str, mount_point: Path) -> list[str]:
+    if filesystem == "fat32":
+        if kernel_has("vfat"):
+            return ["mount", "-t", "vfat", device, str(mount_point)]
+        return ["fusefat", "-o", f"rw+,fsname={device}", device, str(mount_point)]
+    if kernel_has("exfat"):
+        return ["mount", "-t", "exfat", device, str(mount_point)]
+    return ["mount.exfat-fuse", device, str(mount_point)]
+
+
 def loop_devices_usable() -> str | None:
     """None when loop-mount tests can run here, else the reason they cannot."""
     if os.geteuid() != 0:
@@ -80,6 +101,10 @@ def loop_devices_usable() -> str | None:
             return f"{tool} is not installed (apt-get install dosfstools exfatprogs util-linux)"
     if not Path("/dev/loop-control").exists():
         return "no /dev/loop-control: loop devices are not available"
+    if not kernel_has("vfat") and shutil.which("fusefat") is None:
+        return "the kernel has no vfat and fusefat is not installed (apt-get install fusefat)"
+    if not kernel_has("exfat") and shutil.which("mount.exfat-fuse") is None:
+        return "the kernel has no exfat and exfat-fuse is not installed (apt-get install exfat-fuse)"
     return None
 
 
@@ -91,7 +116,8 @@ class LoopDrive:
         subprocess.run(["umount", str(self.mount_point)], check=False, capture_output=True)
 
     def mount(self) -> None:
-        subprocess.run(["mount", self.device, str(self.mount_point)], check=True)
+        subprocess.run(mount_command(self.filesystem, self.device, self.mount_point), check=True,
+                       capture_output=True)
 
     def drop_caches(self) -> None:
         """Unmount and mount again: nothing of the drive stays cached."""

@@ -63,6 +63,20 @@ def block_disk(device: str, sys_root: Path = Path("/sys")) -> Path | None:
     return real.parent if (real / "partition").exists() else real
 
 
+def _fuse_block_disk(mount: Mount) -> Path | None:
+    """FUSE file systems (exfat-fuse, fusefat, ntfs-3g) have an anonymous device number;
+    the device they serve is their mount source."""
+    if not mount.fstype.startswith(("fuse", "fuseblk")) or not mount.source.startswith("/dev/"):
+        return None
+    try:
+        rdev = os.stat(mount.source).st_rdev
+    except OSError:
+        return None
+    if not rdev:
+        return None
+    return block_disk(f"{os.major(rdev)}:{os.minor(rdev)}")
+
+
 def classify(disk: Path) -> str | None:
     if disk.name.startswith("loop") and (disk / "loop" / "backing_file").exists():
         return "loop"
@@ -94,7 +108,7 @@ def check_target(path: Path, force: bool = False) -> Target:
     if st_dev == root_dev:
         raise ApplianceError(f"{path}: is on the file system of the running system (/); give a mounted "
                              "thumb drive (or --force)")
-    disk = block_disk(mount.device)
+    disk = block_disk(mount.device) or _fuse_block_disk(mount)
     if disk is None:
         raise ApplianceError(f"{path}: {mount.fstype} at {mount.mount_point} is not on a block device; "
                              "give a mounted thumb drive (or --force)")

@@ -144,7 +144,8 @@ def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_onl
             needed = sum(sizes[rel] for rel in todo_copy) - existing
             fs = os.statvfs(target)
             free = fs.f_bavail * fs.f_frsize
-            if needed > free:
+            # FUSE file systems such as fusefat report no sizes (f_blocks 0): ENOSPC will tell.
+            if fs.f_blocks and needed > free:
                 raise DriveFailed(f"not enough space: needs {needed / 1e9:.2f} GB more, {free / 1e9:.2f} GB free")
 
         state.phase, state.done, state.total = "copying", 0, sum(sizes[rel] for rel in todo_copy)
@@ -204,13 +205,27 @@ def write_drives(image: Path, targets: list[Target], verify_only: bool = False, 
                                 name=f"drive-{state.target.disk}", daemon=True) for state in states]
     for thread in threads:
         thread.start()
+    for state in states:
+        say(f"{state.label}: {state.target.kind} drive, starting")
+    reported: set[int] = set()
     last_lines: dict[int, str] = {}
-    while any(thread.is_alive() for thread in threads):
+    while len(reported) < len(states):
+        deadline = time.monotonic() + interval
         for thread in threads:
-            thread.join(timeout=interval / max(len(threads), 1))
-        for index, state in enumerate(states):
+            thread.join(timeout=max(deadline - time.monotonic(), 0.01))
+        for index, (state, thread) in enumerate(zip(states, threads)):
+            if index in reported:
+                continue
+            if not thread.is_alive():
+                reported.add(index)
+                if state.status == "ok":
+                    say(f"{state.label}: done: {state.copied} copied, {state.skipped} already verified, "
+                        f"{state.verified} verified in {state.seconds:.0f} s")
+                else:
+                    say(f"{state.label}: failed: {state.reason}")
+                continue
             line = progress_line(state)
-            if state.phase not in ("done",) and last_lines.get(index) != line:
+            if last_lines.get(index) != line:
                 say(line)
                 last_lines[index] = line
     return states
