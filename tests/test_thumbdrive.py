@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -325,3 +328,83 @@ def test_an_unmounted_drive_is_refused_and_loop_drives_are_accepted(appliance_cl
         drive.mount()
         result = write(appliance_cli, image, drive.mount_point)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.thumbdrive
+@pytest.mark.skipif(LOOP_REASON is not None, reason=str(LOOP_REASON))
+def test_a_filled_fat32_drive_fails_alone(appliance_cli, image, tmp_path):
+    """FAT32 this time. Where the file system reports its free space the write refuses at the
+    start; where it does not (fusefat), the copy runs into ENOSPC part-way. Either way that
+    drive fails alone with the reason, and the others are complete."""
+    with loop_drives(tmp_path, [("exfat", 64), ("fat32", 40), ("fat32", 64)]) as drives:
+        points = [d.mount_point for d in drives]
+        filler = points[1] / "filler.bin"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=37", "status=none"], check=True)
+        result = write(appliance_cli, image, *points)
+        assert result.returncode == 1, result.stdout
+        rows = table_rows(result.stdout)
+        reason = rows[str(points[1])][5]
+        assert rows[str(points[1])][1] == "failed"
+        # fusefat reports a full drive as EPERM rather than ENOSPC; the kernel's vfat as ENOSPC
+        assert "not enough space" in reason or reason.startswith("writing "), reason
+        assert rows[str(points[0])][1] == "ok" and rows[str(points[2])][1] == "ok"
+        for index in (0, 2):
+            drives[index].drop_caches()
+            assert drive_matches_image(image, drives[index].mount_point)
+
+
+def _fuse_daemon_pid(mount_point: Path) -> int | None:
+    """The FUSE server this test started for mount_point (found by its command line)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(mount_point).encode() in argv:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.thumbdrive
+@pytest.mark.skipif(LOOP_REASON is not None, reason=str(LOOP_REASON))
+def test_a_drive_that_disappears_mid_write_fails_alone(appliance_cli, tmp_path):
+    """The exFAT drive's FUSE server is killed while a file is being copied to it: like a stick
+    pulled out. The other drive finishes and verifies."""
+    root = make_checkout(tmp_path / "checkout", wheel_bytes=1000)
+    ova = tmp_path / "test-workshop-1.2.ova"
+    with ova.open("wb") as handle:
+        for _ in range(12):
+            handle.write(os.urandom(8_000_000))
+    image = tmp_path / "image"
+    assert build(appliance_cli, root, ova, image, "--drive-size", "256M").returncode == 0
+    with loop_drives(tmp_path, [("exfat", 200), ("exfat", 200)]) as drives:
+        victim = drives[1]
+        pid = _fuse_daemon_pid(victim.mount_point)
+        if pid is None:
+            pytest.skip("the exFAT drive is mounted by the kernel, not by a FUSE server this test can stop")
+        from conftest import REPO_ROOT
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "thumbdrive", "write", "--image", str(image),
+             str(drives[0].mount_point), str(victim.mount_point)],
+            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        partial = victim.mount_point / "test-workshop-1.2.ova.partial"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if partial.stat().st_size > 0:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=300)
+        rows = table_rows(stdout)
+        assert process.returncode == 1, stdout + stderr
+        assert rows[str(victim.mount_point)][1] == "failed", rows
+        assert "disappeared" in rows[str(victim.mount_point)][5] or "I/O error" in rows[str(victim.mount_point)][5], rows
+        assert rows[str(drives[0].mount_point)][1] == "ok", rows
+        drives[0].drop_caches()
+        assert drive_matches_image(image, drives[0].mount_point)

@@ -53,6 +53,8 @@ def _reason(exc: OSError) -> str:
         return "drive full (no space left on device)"
     if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO):
         return f"I/O error, drive removed or failing ({exc.strerror})"
+    if exc.errno in (errno.ENOTCONN, errno.ESTALE):
+        return f"drive disappeared ({exc.strerror})"
     if exc.errno == errno.EROFS:
         return "drive is read-only"
     return f"{exc.strerror or exc} ({exc.filename or ''})".replace(" ()", "")
@@ -152,7 +154,10 @@ def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_onl
         for rel in todo_copy:
             _still_mounted(state)
             stamp.pop(rel, None)
-            _copy_file(image / rel, target / rel, state)
+            try:
+                _copy_file(image / rel, target / rel, state)
+            except OSError as exc:
+                raise DriveFailed(f"writing {rel}: {_reason(exc)}") from None
             state.copied += 1
 
         state.phase, state.done, state.total = "verifying", 0, sum(sizes[rel] for rel in todo_verify)
