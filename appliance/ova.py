@@ -37,8 +37,9 @@ STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#st
 # Fedora has no CIM id of its own, so VirtualBox relies on vbox:OSType).
 OS_TYPES = {"debian": ("Debian_64", 96), "fedora": ("Fedora_64", 101)}
 
-# Ports the services listen on inside the guest; the host side comes from workshop.yml.
-GUEST_PORTS = {"jupyter": 8888, "tensorboard": 6006, "ssh": 22}
+# Inside the guest Jupyter and TensorBoard listen on the same port numbers as the host
+# side (the Vagrantfile and the qemu provider forward them so); ssh on 22.
+GUEST_SSH_PORT = 22
 
 COPY_CHUNK = 4 * 1024 * 1024
 
@@ -91,9 +92,10 @@ DEFAULT_EULA = (
 
 def port_rules(workshop: Workshop) -> tuple[PortRule, ...]:
     ports = workshop.ports
-    return tuple(
-        PortRule(name, ports.host_address, getattr(ports, name), guest)
-        for name, guest in GUEST_PORTS.items()
+    return (
+        PortRule("jupyter", ports.host_address, ports.jupyter, ports.jupyter),
+        PortRule("tensorboard", ports.host_address, ports.tensorboard, ports.tensorboard),
+        PortRule("ssh", ports.host_address, ports.ssh, GUEST_SSH_PORT),
     )
 
 

@@ -130,7 +130,7 @@ def test_ovf_agrees_with_workshop_yml(exported):
     rules = {f.get("name"): f for f in machine.findall("ovf:Hardware/ovf:Network/ovf:Adapter/ovf:NAT/ovf:Forwarding", NS)}
     ports = workshop["ports"]
     assert set(rules) == {"jupyter", "tensorboard", "ssh"}
-    for name, guest in (("jupyter", 8888), ("tensorboard", 6006), ("ssh", 22)):
+    for name, guest in (("jupyter", ports["jupyter"]), ("tensorboard", ports["tensorboard"]), ("ssh", 22)):
         assert rules[name].get("hostip") == ports["host_address"]
         assert rules[name].get("hostport") == str(ports[name])
         assert rules[name].get("guestport") == str(guest)

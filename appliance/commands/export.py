@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, default=config_path(), help="workshop.yml (default: the repository's)")
     parser.add_argument("--disk", type=Path, help="the built disk image (qcow2 or raw) for the qemu path "
-                        "(default: build/<name>-<version>.qcow2)")
+                        "(default: cache/vm/<name>-<version>/disk.qcow2, where `appliance build` leaves it)")
     parser.add_argument("--provider", choices=("auto", "qemu", "virtualbox"), default="auto",
                         help="virtualbox: VBoxManage export of the Vagrant VM; qemu: the VirtualBox-free writer "
                         "(default: virtualbox when VBoxManage and a Vagrant VirtualBox VM exist)")
@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def default_disk(loaded: LoadedConfig) -> Path:
-    return loaded.root / "build" / f"{loaded.workshop.artifact_name}.qcow2"
+    """Where `appliance build --provider qemu` leaves the provisioned, halted disk."""
+    return loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "disk.qcow2"
 
 
 def _eula(loaded: LoadedConfig) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.config import load_config
 from appliance.errors import ApplianceError
-from appliance.paths import config_path, dist_dir
+from appliance.paths import config_path
 from appliance.thumbdrive import layout, targets, write
 
 
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="how the drives are formatted; FAT32 cannot hold files of 4 GiB or more (default exfat)")
     build.add_argument("--token-file", type=Path,
                        help="file holding the Jupyter token to print in the guide "
-                       "(default: dist/<name>-<version>.jupyter-token when it exists)")
+                       "(default: cache/vm/<name>-<version>/jupyter-token, made by `appliance build`, when it exists)")
     build.set_defaults(run=run_build)
 
     wr = actions.add_parser("write", help="copy the image to mounted drives at once, then verify every file")
@@ -42,7 +42,7 @@ def run_build(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     ova = args.ova or layout.default_ova(loaded)
     out = args.out or layout.default_out(loaded)
-    token_file = args.token_file or dist_dir(loaded.root) / f"{loaded.workshop.artifact_name}.jupyter-token"
+    token_file = args.token_file or loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "jupyter-token"
     secret = token_file.read_text(encoding="utf-8").strip() if token_file.is_file() else None
     if args.token_file and secret is None:
         raise ApplianceError(f"{args.token_file}: not found; give the file with the Jupyter token")
