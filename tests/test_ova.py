@@ -18,7 +18,7 @@ import yaml
 
 from appliance import ova, vbox
 from appliance.config import load_config
-from shiphelpers import WORKSHOP, make_checkout, make_disk
+from shiphelpers import WORKSHOP, make_checkout, make_disk, run_appliance
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("mkfs.ext4") is None,
                                 reason="needs qemu-img (qemu-utils) and mkfs.ext4 (e2fsprogs)")
@@ -37,7 +37,6 @@ def exported(tmp_path_factory) -> dict:
     root = make_checkout(base / "checkout", installers=False)
     disk = make_disk(base)
     out = base / "dist"
-    from conftest import run_appliance
     result = run_appliance("export", "--config", str(root / "workshop.yml"), "--disk", str(disk),
                            "--provider", "qemu", "--out", str(out))
     assert result.returncode == 0, result.stderr

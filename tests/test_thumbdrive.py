@@ -384,7 +384,7 @@ def test_a_drive_that_disappears_mid_write_fails_alone(appliance_cli, tmp_path):
         pid = _fuse_daemon_pid(victim.mount_point)
         if pid is None:
             pytest.skip("the exFAT drive is mounted by the kernel, not by a FUSE server this test can stop")
-        from conftest import REPO_ROOT
+        from shiphelpers import REPO_ROOT
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance", "thumbdrive", "write", "--image", str(image),
              str(drives[0].mount_point), str(victim.mount_point)],
