@@ -54,7 +54,7 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
             "Copy the installer for your computer to your disk first, then run it.",
         ]),
         ("2. Import the workshop machine", [
-            f"Copy {facts.ova_name} from this drive to your disk (about twice as fast as importing from the drive).",
+            f"Copy {facts.ova_name} from this drive to your disk first, so other participants can use the drive.",
             "In VirtualBox: File > Import Appliance..., choose the .ova file, keep the settings, click Finish.",
             f"The machine gets {w.vm.memory_mb} MB of memory and {w.vm.cpus} CPUs; your computer needs a bit more than that free.",
             "Select the machine and click Start. Wait about a minute for it to boot; no need to log in.",
@@ -67,7 +67,7 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
         ]),
         ("Local mode instead of the VM", [
             "If the VM does not run on your computer (Apple Silicon Macs, no virtualization), work locally:",
-            "Install Python 3.11, 3.12 or 3.13 (python.org or your package manager).",
+            "Install Python 3.10 to 3.13 (python.org or your package manager).",
             "Copy the local-mode folder to your disk, open a terminal in it and run:  bash local/setup.bash",
             "then:  bash local/run-jupyter.bash   and open the address it prints.",
             "The setup installs from the wheels on this drive; no internet connection is needed.",
