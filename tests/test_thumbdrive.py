@@ -408,3 +408,18 @@ def test_a_drive_that_disappears_mid_write_fails_alone(appliance_cli, tmp_path):
         assert rows[str(drives[0].mount_point)][1] == "ok", rows
         drives[0].drop_caches()
         assert drive_matches_image(image, drives[0].mount_point)
+
+
+@pytest.mark.thumbdrive
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
+def test_a_file_system_without_a_drive_is_refused(appliance_cli, tmp_path):
+    """A tmpfs is mounted and writable, but it is no drive: refused unless --force."""
+    point = tmp_path / "ram"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(point)], check=True)
+    try:
+        result = appliance_cli("thumbdrive", "write", str(point))
+        assert result.returncode == 1 and result.stderr.count("\n") == 1
+        assert "not on a block device" in result.stderr and "--force" in result.stderr
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
