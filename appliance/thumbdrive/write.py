@@ -110,6 +110,11 @@ def _fsync_dir(path: Path) -> None:
 def _copy_file(source: Path, dest: Path, state: DriveState) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
+    # An old copy here is unverified anyway; removing it first means a drive needs room for
+    # the image, not for the image plus the old copy of its biggest file.
+    for stale in (dest, partial):
+        if stale.is_file():
+            stale.unlink()
     with source.open("rb") as reader, partial.open("wb") as writer:
         while chunk := reader.read(CHUNK):
             writer.write(chunk)
