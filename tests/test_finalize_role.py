@@ -131,7 +131,8 @@ def test_role_runs(finalized):
 
 def test_build_manifest(finalized):
     manifest = json.loads((finalized["rootfs"] / "etc/workshop/build-manifest.json").read_text())
-    assert manifest["workshop"] == {"name": WORKSHOP["name"], "version": WORKSHOP["version"], "title": WORKSHOP["title"]}
+    assert (manifest["name"], manifest["version"], manifest["title"]) == (WORKSHOP["name"], WORKSHOP["version"], WORKSHOP["title"])
+    assert manifest["schema"] == 1
     assert manifest["build_date"].endswith("Z") and manifest["build_date"][:2] == "20"
     assert manifest["os"].startswith("Debian")
     assert manifest["python"]["venv"] == "/opt/workshop/venv"
@@ -140,6 +141,13 @@ def test_build_manifest(finalized):
     assets = yaml.safe_load((finalized["checkout"] / "assets.yml").read_text())["assets"]
     expected = {a["name"]: a["hash"] for a in assets if a["kind"] != "installer"}
     assert {a["name"]: a["hash"] for a in manifest["assets"]} == expected
+
+
+def test_doctor_shows_the_build_manifest(finalized, appliance_cli):
+    path = finalized["rootfs"] / "etc/workshop/build-manifest.json"
+    result = appliance_cli("doctor", "--build-manifest", str(path))
+    line = next((l for l in result.stdout.splitlines() if "build manifest" in l), "")
+    assert f"name={WORKSHOP['name']}" in line and f"version={WORKSHOP['version']}" in line, result.stdout
 
 
 def test_sealed_for_copies(finalized):
