@@ -14,6 +14,7 @@ Fixtures
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ sys.path.insert(0, str(NOTEBOOKS))
 import fake_assets  # noqa: E402
 import workshop_utils  # noqa: E402  (same place rules as the notebooks use)
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Helper calls that read an asset whose name does not appear in the notebook's source.
 _HELPER_ASSETS = {"load_mnist(": "mnist.npz"}
 # Sizes for the generated assets: small, so quick mode stays quick.
@@ -165,7 +167,8 @@ def run_notebook(env: NotebookEnv, path: str | Path, params: dict[str, Any] | No
     try:
         client.execute()
     except CellExecutionError as exc:
-        raise AssertionError(f"{source.name} failed (executed copy in {env.executed_dir}):\n{exc}") from None
+        message = _ANSI.sub("", str(exc))
+        raise AssertionError(f"{source.name} failed (executed copy in {env.executed_dir}):\n{message}") from None
     finally:
         nbformat.write(nb, env.executed_dir / source.name)
     errors = error_outputs(nb)
