@@ -305,9 +305,10 @@ def build_value_model(rows: int, cols: int, n_colors: int, filters: int = 32, hi
 
 
 def keras_value_fn(model) -> ValueFn:
-    """Call the model directly (not model.predict) because batches here are tiny."""
+    """predict_on_batch runs the model's compiled predict step: for the tiny batches of a look-ahead
+    it is several times faster than an eager model(x) call, and has none of predict()'s overhead."""
     def value_fn(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model(x, training=False)).reshape(-1)
+        return np.asarray(model.predict_on_batch(x)).reshape(-1)
     return value_fn
 
 
