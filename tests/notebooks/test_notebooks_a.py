@@ -4,7 +4,6 @@ assets at the real places, with assertions on what each one computed."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import textwrap
 from pathlib import Path
@@ -146,3 +145,26 @@ def test_gpu_chooser_notebook_scores_and_refreshes(execute_notebook, notebook_en
     assert results["refreshed"] is True
     assert "GeForce RTX 9999" in results["names"]
     assert results["best_buy"] and results["best_rent"]
+
+
+def test_fake_mnist_has_the_real_format_and_is_learnable(notebook_env):
+    path = notebook_env.fake_asset("mnist.npz")
+    assert path == notebook_env.keras_home / "datasets" / "mnist.npz"
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        d = np.load({str(path)!r})
+        info = {{k: [list(d[k].shape), str(d[k].dtype)] for k in d.files}}
+        # nearest class mean: a model that learns nothing scores ~0.1
+        x, y, xt, yt = (d[k].astype("float32") for k in ("x_train", "y_train", "x_test", "y_test"))
+        means = np.stack([x[y == c].mean(axis=0) for c in range(10)])
+        pred = ((xt[:, None] - means[None]) ** 2).sum(axis=(2, 3)).argmin(axis=1)
+        info["accuracy"] = float((pred == yt).mean())
+        print(json.dumps(info))
+    """)
+    done = subprocess.run([str(notebook_env.python), "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["x_train"][0][1:] == [28, 28] and info["x_train"][1] == "uint8"
+    assert info["y_train"] == [[info["x_train"][0][0]], "uint8"]
+    assert info["x_test"][0][1:] == [28, 28] and info["y_test"][1] == "uint8"
+    assert 0.5 < info["accuracy"]
