@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "appliance.commands.fetch",
     "appliance.commands.assets",
     "appliance.commands.doctor",
+    "appliance.commands.export",
+    "appliance.commands.thumbdrive",
 )
 
 
