@@ -22,7 +22,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.local
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cell_text, images
+from harness import cell_text, images
 
 pytestmark = pytest.mark.notebooks
 

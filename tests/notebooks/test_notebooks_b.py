@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import cell_text
+from harness import cell_text
 from fake_weights import place_weights
 
 pytestmark = pytest.mark.notebooks
