@@ -74,6 +74,18 @@ sys.exit(f"no free port in {start}..{start + 49}; pass --port")
 PY
 }
 
+# The port to serve on: the one asked for ($1, must be free) or the first free one from $2 up.
+choose_port() {
+    local requested="$1" default="$2"
+    if [ -z "$requested" ]; then
+        free_port "$default"
+        return
+    fi
+    [[ "$requested" =~ ^[0-9]+$ ]] || die "--port $requested: give a port number"
+    [ "$(free_port "$requested")" = "$requested" ] || die "port $requested is in use; pass another --port"
+    echo "$requested"
+}
+
 # Environment for the servers and their kernels: Keras caches in the env, not in ~/.keras.
 workshop_runtime_env() {
     export KERAS_HOME="$WORKSHOP_ENV/keras"

@@ -22,12 +22,7 @@ done
 
 ensure_env
 workshop_runtime_env
-if [ -n "$port" ]; then
-    [[ "$port" =~ ^[0-9]+$ ]] || die "--port $port: give a port number"
-    [ "$(free_port "$port")" = "$port" ] || die "port $port is in use; pass another --port"
-else
-    port="$(free_port "$cfg_tensorboard_port")"
-fi
+port="$(choose_port "$port" "$cfg_tensorboard_port")"
 logdir="${logdir:-$cfg_notebooks_dir/logs}"
 mkdir -p "$logdir"
 
