@@ -13,6 +13,9 @@ from appliance.errors import ApplianceError
 # (a function of the parsed arguments that returns the exit status).
 COMMAND_MODULES = (
     "appliance.commands.config_check",
+    "appliance.commands.fetch",
+    "appliance.commands.assets",
+    "appliance.commands.doctor",
     "appliance.commands.build",
 )
 

@@ -1,0 +1,108 @@
+"""`appliance fetch`: fill cache/ with the workshop's assets (and, with --wheels, its wheelhouse)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from appliance.assets import UNPINNED, FetchOptions, failure_line, fetch_assets
+from appliance.config import LoadedConfig, load_config
+from appliance.errors import ApplianceError
+from appliance.manifest import Asset
+from appliance.paths import config_path, lock_file
+from appliance.table import format_table, human_size
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fetch = subparsers.add_parser(
+        "fetch",
+        help="download and verify the assets the workshop needs into cache/",
+        description="Download every asset workshop.yml includes into the cache, check each hash, "
+        "and print a summary. Files already verified are not downloaded again.",
+    )
+    add_config_and_cache(fetch)
+    fetch.add_argument("--offline", action="store_true", help="download nothing; only verify the cache and report")
+    fetch.add_argument("--pin", nargs="+", metavar="NAME", default=[],
+                       help="download these assets and write their sha256 into the manifest")
+    fetch.add_argument("--only", nargs="+", metavar="NAME", default=None, help="handle only these assets")
+    fetch.add_argument("--installers", action="store_true", help="include the installers (kind: installer)")
+    fetch.add_argument("--wheels", action="store_true", help="also fill CACHE/wheels from the lock file")
+    fetch.add_argument("--retries", type=int, default=3, metavar="N", help="extra attempts per URL on network errors (default 3)")
+    fetch.set_defaults(run=run)
+
+
+def add_config_and_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=config_path(), metavar="FILE",
+                        help="workshop.yml to read (default: the repository's)")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                        help="the asset cache (default: cache/ next to workshop.yml)")
+
+
+def cache_of(args: argparse.Namespace, loaded: LoadedConfig) -> Path:
+    return args.cache if args.cache is not None else loaded.root / "cache"
+
+
+def select_assets(loaded: LoadedConfig, only: list[str] | None, pin: list[str], installers: bool) -> list[Asset]:
+    """The assets this run handles: the config's selection, narrowed by --only or --pin."""
+    known = loaded.manifest.by_name()
+    for name in [*(only or []), *pin]:
+        if name not in known:
+            raise ApplianceError(f"{name!r} is not in {loaded.manifest_path}; check the name (see `appliance fetch --offline`)")
+    if pin:
+        return [known[name] for name in dict.fromkeys(pin)]
+    chosen = loaded.included_assets()
+    if not installers:
+        chosen = [asset for asset in chosen if asset.kind != "installer"]
+    if only is not None:
+        wanted = set(only)
+        chosen = [asset for asset in loaded.manifest.assets if asset.name in wanted]
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    cache = cache_of(args, loaded)
+    assets = select_assets(loaded, args.only, args.pin, args.installers)
+    if args.retries < 0:
+        raise ApplianceError("--retries must be 0 or more")
+    outcomes = fetch_assets(
+        assets,
+        cache,
+        offline=args.offline,
+        pin=args.pin,
+        manifest_path=loaded.manifest_path,
+        options=FetchOptions(retries=args.retries),
+    )
+    rows = [[o.name, human_size(o.size), o.status, _short(o.note)] for o in outcomes]
+    print(format_table(["asset", "size", "status", "note"], rows))
+    problem = failure_line(outcomes, cache, offline=args.offline)
+    if problem:
+        raise ApplianceError(problem)
+    unpinned = [o.name for o in outcomes if o.status == UNPINNED]
+    print(f"\n{len(outcomes)} asset(s) ready in {cache}" + (f"; unpinned (not verified): {', '.join(unpinned)}" if unpinned else ""))
+    if args.wheels:
+        fill_wheelhouse(loaded, cache, offline=args.offline)
+    return 0
+
+
+def _short(note: str, limit: int = 90) -> str:
+    """Table notes stay on one screen line; the full text is in the error line below."""
+    return note if len(note) <= limit else note[: limit - 3] + "..."
+
+
+def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool) -> None:
+    dest = cache / "wheels"
+    if offline:
+        wheels = sorted(dest.glob("*.whl")) if dest.is_dir() else []
+        if not wheels:
+            raise ApplianceError(f"offline: no wheels in {dest}; run `appliance fetch --wheels` where there is internet")
+        print(f"wheelhouse: {len(wheels)} wheels in {dest}")
+        return
+    try:
+        from appliance.wheels import build_wheelhouse  # another module; may not be installed yet
+    except ImportError:
+        raise ApplianceError("wheelhouse support not installed (appliance/wheels.py is missing)") from None
+    lock = lock_file(loaded.root)
+    if not lock.is_file():
+        raise ApplianceError(f"{lock} does not exist; create the lock first")
+    build_wheelhouse(lock, dest)
