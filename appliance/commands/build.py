@@ -29,24 +29,21 @@ def log(line: str) -> None:
 
 def check_cache(config: LoadedConfig) -> None:
     """What `appliance fetch --offline` checks, as far as the build needs it: the lock, the
-    wheelhouse and every asset with a place in the VM, present in cache/."""
+    wheelhouse, and every asset with a place in the VM present in cache/ with its hash."""
     lock = lock_file(config.root)
     if not lock.is_file():
         raise ApplianceError(f"{lock} is missing; the VM installs exactly the lock")
     wheels = wheels_dir(config.root)
     if not wheels.is_dir() or not any(wheels.glob("*.whl")):
         raise ApplianceError(f"the wheelhouse {wheels} is empty; run `appliance fetch` first")
-    try:
-        from appliance import assets as assets_module  # written by the assets work; optional here
-    except ImportError:
-        assets_module = None
-    check = getattr(assets_module, "check_offline", None)
-    if callable(check):
-        check(config)
-        return
-    missing = [a.name for a in config.included_assets() if a.place and not (config.root / "cache" / a.name).is_file()]
-    if missing:
-        raise ApplianceError(f"not in the cache: {', '.join(missing)}; run `appliance fetch` first")
+    from appliance.assets import check_cached, failure_line
+    from appliance.paths import cache_dir
+
+    cache = cache_dir(config.root)
+    outcomes = [check_cached(asset, cache) for asset in config.included_assets() if asset.place]
+    problem = failure_line(outcomes, cache, offline=True)
+    if problem:
+        raise ApplianceError(problem)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -55,6 +52,10 @@ def run_build(args: argparse.Namespace) -> int:
         for command in dry_run_commands(config, args.provider, args.provision_only):
             print(command)
         return 0
+    if args.provider != "qemu":
+        from appliance.vm import vagrant_driver
+
+        vagrant_driver.check_available(args.provider)
     check_cache(config)
     started = time.monotonic()
     if args.provider == "qemu":
