@@ -54,9 +54,8 @@ class CallbackModule(CallbackBase):
         self._task_start(task)
 
     def _label(self, result) -> str:
-        task = result._task
-        role = task._role.get_name() if task._role else "(play)"
-        return f"{role} : {task.get_name()}"
+        # get_name() already reads "role : task" for tasks in roles
+        return result._task.get_name()
 
     def v2_runner_on_ok(self, result) -> None:
         if result._result.get("changed", False):
