@@ -99,7 +99,7 @@ def qemu_command(
         *accel,
         "-m", str(vm.memory_mb),
         "-smp", str(vm.cpus),
-        "-drive", f"file={disk},format=qcow2,if=virtio,cache=unsafe,discard=unmap",
+        "-drive", f"file={disk},format=qcow2,if=virtio,discard=unmap",
         "-netdev", f"user,id=net0,{hostfwd}",
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",

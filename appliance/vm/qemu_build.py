@@ -59,11 +59,16 @@ def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str
         report = run_playbook(connection, config.path, state, log)
         log("qemu: shutting down cleanly")
         machine.shutdown()
-    except BaseException:
-        machine.kill()
+    except BaseException as exc:
+        # A clean power-off keeps the guest's file systems whole for a retry or a look;
+        # only an interrupt kills qemu outright.
+        if isinstance(exc, KeyboardInterrupt):
+            machine.kill()
+        else:
+            machine.shutdown(timeout=120)
         what = "the half-built disk" if disk != final else "the built disk (provisioning did not finish)"
         log(
-            f"build failed: qemu (pid {machine.pid}) was stopped; {what} is kept at {disk} "
+            f"build failed: the VM (qemu pid {machine.pid}) was stopped; {what} is kept at {disk} "
             f"for debugging (console log {machine.console_log}); remove it with `rm {disk}`"
         )
         raise
