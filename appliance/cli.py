@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "appliance.commands.assets",
     "appliance.commands.doctor",
     "appliance.commands.build",
+    "appliance.commands.export",
+    "appliance.commands.thumbdrive",
 )
 
 

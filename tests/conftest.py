@@ -33,16 +33,27 @@ def appliance_cli():
 
 
 @pytest.fixture(scope="session")
-def workshop_python() -> Path:
+def wheelhouse() -> Path:
+    """cache/wheels filled from the lock for CPython 3.11 and 3.13 on Linux x86_64 (real PyPI
+    downloads the first time; later sessions only re-verify the hashes)."""
+    from appliance.wheels import build_wheelhouse
+
+    dest = REPO_ROOT / "cache" / "wheels"
+    build_wheelhouse(REPO_ROOT / "requirements" / "workshop.lock", dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def workshop_python(request: pytest.FixtureRequest) -> Path:
     """The Python of the workshop environment (the lock installed), for kernels and local mode.
 
     WORKSHOP_PYTHON names an existing one (e.g. a developer's venv); otherwise local/setup.bash
-    builds ./env from the wheelhouse once, as a participant would.
+    builds (or, when current, just checks) ./env from the wheelhouse, as a participant would.
     """
     given = os.environ.get("WORKSHOP_PYTHON")
     if given:
         return Path(given)
-    env_python = REPO_ROOT / "env" / "bin" / "python"
-    if not env_python.exists():
-        subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600)
-    return env_python
+    request.getfixturevalue("wheelhouse")
+    env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}"}
+    subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
+    return REPO_ROOT / "env" / "bin" / "python"

@@ -98,10 +98,8 @@ def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool) -> None
             raise ApplianceError(f"offline: no wheels in {dest}; run `appliance fetch --wheels` where there is internet")
         print(f"wheelhouse: {len(wheels)} wheels in {dest}")
         return
-    try:
-        from appliance.wheels import build_wheelhouse  # another module; may not be installed yet
-    except ImportError:
-        raise ApplianceError("wheelhouse support not installed (appliance/wheels.py is missing)") from None
+    from appliance.wheels import build_wheelhouse  # only this branch needs pip and packaging
+
     lock = lock_file(loaded.root)
     if not lock.is_file():
         raise ApplianceError(f"{lock} does not exist; create the lock first")

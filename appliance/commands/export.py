@@ -1,0 +1,95 @@
+"""`appliance export [--config FILE] [--disk PATH] [--provider qemu|virtualbox]`"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from appliance import ova, vbox
+from appliance.config import LoadedConfig, load_config
+from appliance.errors import ApplianceError
+from appliance.paths import config_path, dist_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write dist/<name>-<version>.ova (and .sha256) from the built VM",
+        description="Export the built VM as an OVA that VirtualBox imports with the workshop's settings.",
+    )
+    parser.add_argument("--config", type=Path, default=config_path(), help="workshop.yml (default: the repository's)")
+    parser.add_argument("--disk", type=Path, help="the built disk image (qcow2 or raw) for the qemu path "
+                        "(default: cache/vm/<name>-<version>/disk.qcow2, where `appliance build` leaves it)")
+    parser.add_argument("--provider", choices=("auto", "qemu", "virtualbox"), default="auto",
+                        help="virtualbox: VBoxManage export of the Vagrant VM; qemu: the VirtualBox-free writer "
+                        "(default: virtualbox when VBoxManage and a Vagrant VirtualBox VM exist)")
+    parser.add_argument("--firmware", choices=("bios", "efi"), default="bios",
+                        help="how the disk boots (qemu path; default bios)")
+    parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
+    parser.set_defaults(run=run)
+
+
+def default_disk(loaded: LoadedConfig) -> Path:
+    """Where `appliance build --provider qemu` leaves the provisioned, halted disk."""
+    return loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "disk.qcow2"
+
+
+def _eula(loaded: LoadedConfig) -> str:
+    """EULA.txt next to workshop.yml, if the organizers wrote one."""
+    path = loaded.root / "EULA.txt"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else ova.DEFAULT_EULA
+
+
+def _say(message: str) -> None:
+    print(f"export: {message}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    out_dir = args.out or dist_dir(loaded.root)
+    provider = args.provider
+    vm_id = vbox.vagrant_vm_id(loaded.root)
+    if provider == "auto":
+        provider = "virtualbox" if vbox.vboxmanage() and vm_id and args.disk is None else "qemu"
+    if provider == "virtualbox":
+        return _export_virtualbox(loaded, out_dir, vm_id)
+
+    disk = args.disk or default_disk(loaded)
+    if not disk.is_file():
+        raise ApplianceError(f"{disk}: no built disk image; run `appliance build` or pass --disk PATH")
+    settings = ova.settings_from_workshop(loaded.workshop, eula=_eula(loaded), firmware=args.firmware.upper())
+    result = ova.export_qemu(settings, disk, out_dir, _say)
+    _report(result.ova, result.ova_size, result.seconds, result.disk)
+    return 0
+
+
+def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None) -> int:
+    program = vbox.vboxmanage()
+    if program is None:
+        raise ApplianceError("VBoxManage is not on PATH; install VirtualBox or use --provider qemu --disk PATH")
+    if vm_id is None:
+        raise ApplianceError("no VirtualBox VM from `vagrant up` in this checkout; run `appliance build` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{loaded.workshop.artifact_name}.ova"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work:
+        eula = Path(work) / "EULA.txt"
+        eula.write_text(_eula(loaded) + "\n", encoding="utf-8")
+        partial = Path(work) / final.name
+        argv = vbox.export_argv(loaded.workshop, vm_id, partial, program=program, eula_file=eula)
+        _say("running " + " ".join(argv[:3]) + " ...")
+        vbox.run_export(argv)
+        digest = ova.sha256_file(partial)
+        os.replace(partial, final)
+    ova.write_sha256_file(final, digest)
+    _report(final, final.stat().st_size, time.monotonic() - started, None)
+    return 0
+
+
+def _report(path: Path, size: int, seconds: float, disk: ova.DiskInfo | None) -> None:
+    print(f"wrote {path} ({size / 1e9:.2f} GB) and {path.name}.sha256 in {seconds:.0f} s")
+    if disk is not None:
+        print(f"OVA / data in the guest disk: {size / 1e9:.2f} GB / {disk.data_bytes / 1e9:.2f} GB "
+              f"= {size / max(disk.data_bytes, 1):.2f} (virtual disk {disk.virtual_size / 1e9:.1f} GB)")

@@ -1,0 +1,76 @@
+"""`appliance thumbdrive build|write`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from appliance.config import load_config
+from appliance.errors import ApplianceError
+from appliance.paths import config_path
+from appliance.thumbdrive import layout, targets, write
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("thumbdrive", help="lay out the thumb-drive image and write it to drives")
+    actions = parser.add_subparsers(dest="thumbdrive_command", metavar="ACTION", required=True)
+
+    build = actions.add_parser("build", help="lay out the image folder: OVA, installers, local mode, guide, SHA256SUMS")
+    build.add_argument("--config", type=Path, default=config_path(), help="workshop.yml (default: the repository's)")
+    build.add_argument("--out", type=Path, help="image folder (default: dist/thumbdrive/<name>-<version>)")
+    build.add_argument("--ova", type=Path, help="the OVA (default: dist/<name>-<version>.ova)")
+    build.add_argument("--drive-size", default="16G", help="the smallest drive it must fit, e.g. 16G (default), 32GB")
+    build.add_argument("--filesystem", choices=("fat32", "exfat"), default="exfat",
+                       help="how the drives are formatted; FAT32 cannot hold files of 4 GiB or more (default exfat)")
+    build.add_argument("--token-file", type=Path,
+                       help="file holding the Jupyter token to print in the guide "
+                       "(default: cache/vm/<name>-<version>/jupyter-token, made by `appliance build`, when it exists)")
+    build.set_defaults(run=run_build)
+
+    wr = actions.add_parser("write", help="copy the image to mounted drives at once, then verify every file")
+    wr.add_argument("targets", nargs="+", type=Path, metavar="TARGET", help="mount points of the drives")
+    wr.add_argument("--image", type=Path, help="image folder (default: dist/thumbdrive/<name>-<version>)")
+    wr.add_argument("--config", type=Path, default=config_path(), help="workshop.yml, to find the default image")
+    wr.add_argument("--force", action="store_true",
+                    help="write even to a target that is not a removable or loop-backed drive")
+    wr.add_argument("--verify-only", action="store_true", help="copy nothing; re-read and check every file")
+    wr.add_argument("--reverify", action="store_true", help="ignore the drives' record of verified files")
+    wr.set_defaults(run=run_write)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    ova = args.ova or layout.default_ova(loaded)
+    out = args.out or layout.default_out(loaded)
+    token_file = args.token_file or loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "jupyter-token"
+    secret = token_file.read_text(encoding="utf-8").strip() if token_file.is_file() else None
+    if args.token_file and secret is None:
+        raise ApplianceError(f"{args.token_file}: not found; give the file with the Jupyter token")
+    drive_size = layout.parse_size(args.drive_size)
+
+    plan = layout.plan_image(loaded, ova, secret)
+    needed = layout.check_fits(plan, drive_size, args.filesystem)
+    for missing in plan.missing:
+        print(f"thumbdrive: missing: {missing}")
+    image = layout.build_image(plan, out, lambda m: print(f"thumbdrive: {m}", flush=True))
+    print(f"wrote {image}: {len(plan.entries) + 1} files, {plan.total / 1e9:.2f} GB "
+          f"({needed / 1e9:.2f} GB on {args.filesystem}, fits a {drive_size / 1e9:.0f} GB drive)"
+          + (f"; {len(plan.missing)} missing (listed above)" if plan.missing else ""))
+    return 0
+
+
+def run_write(args: argparse.Namespace) -> int:
+    checked = [targets.check_target(path, force=args.force) for path in args.targets]
+    image = args.image
+    if image is None:
+        image = layout.default_out(load_config(args.config))
+    if not (image / "SHA256SUMS").is_file():
+        raise ApplianceError(f"{image}: no SHA256SUMS; run `appliance thumbdrive build` first or pass --image")
+    devices = [t.st_dev for t in checked]
+    if len(set(devices)) != len(devices):
+        raise ApplianceError("two targets are on the same drive; give each drive once")
+    states = write.write_drives(image, checked, verify_only=args.verify_only, reverify=args.reverify,
+                                say=lambda line: print(line, flush=True))
+    print(write.format_table(states))
+    failed = [s for s in states if s.status != "ok"]
+    return 1 if failed else 0

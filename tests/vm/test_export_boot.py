@@ -1,0 +1,212 @@
+"""The VM tier's built disk, exported and checked from outside: the OVA unpacks with the
+.ovf first, every manifest hash matches, the OVF agrees with workshop.yml, and its VMDK
+boots again under qemu (TCG) on a SATA (AHCI) disk with an e1000 NIC, as VirtualBox
+attaches them, and Jupyter answers through the forwarded port. This proves the exported
+disk, not the build VM.
+
+The disk comes from the vm tier: its `built_disk` fixture when that exists, else the
+APPLIANCE_BUILT_DISK environment variable, else cache/vm/<name>-<version>/disk.qcow2 where
+`appliance build --provider qemu` leaves it. Without one the tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance import ova
+from appliance.config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
+QEMU = "qemu-system-x86_64"
+
+pytestmark = [pytest.mark.vm,
+              pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which(QEMU) is None,
+                                 reason="needs qemu-img and qemu-system-x86_64")]
+
+
+def _built_disk(request) -> Path:
+    for name in ("built_disk", "built_vm_disk"):
+        try:
+            value = request.getfixturevalue(name)
+        except pytest.FixtureLookupError:
+            continue
+        return Path(getattr(value, "disk", value))
+    given = os.environ.get("APPLIANCE_BUILT_DISK")
+    if given:
+        return Path(given)
+    workshop = load_config(REPO_ROOT / "workshop.yml").workshop
+    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2"
+
+
+@pytest.fixture(scope="module")
+def exported(request, tmp_path_factory) -> dict:
+    disk = _built_disk(request)
+    if not disk.is_file():
+        pytest.skip(f"no built VM disk at {disk}: run the vm tier (`appliance build --provider qemu`) first, "
+                    "or set APPLIANCE_BUILT_DISK")
+    config = load_config(REPO_ROOT / "workshop.yml")
+    out = tmp_path_factory.mktemp("export-boot")
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "export", "--disk", str(disk), "--provider", "qemu",
+         "--out", str(out / "dist")],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr
+    ova_path = out / "dist" / f"{config.workshop.artifact_name}.ova"
+    unpacked = out / "unpacked"
+    with tarfile.open(ova_path) as tar:
+        names = tar.getnames()
+        tar.extractall(unpacked, filter="data")
+    return {"config": config, "disk": disk, "ova": ova_path, "names": names, "unpacked": unpacked,
+            "stdout": result.stdout, "base": out}
+
+
+def test_ovf_first_and_manifest_hashes(exported):
+    stem = exported["config"].workshop.artifact_name
+    assert exported["names"] == [f"{stem}.ovf", f"{stem}-disk001.vmdk", f"{stem}.mf"]
+    for line in (exported["unpacked"] / f"{stem}.mf").read_text().splitlines():
+        name, digest = re.fullmatch(r"SHA256\((.+)\)= ([0-9a-f]{64})", line).groups()
+        actual = hashlib.sha256()
+        with (exported["unpacked"] / name).open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                actual.update(chunk)
+        assert actual.hexdigest() == digest, name
+    assert "OVA / data in the guest disk" in exported["stdout"]
+
+
+def test_ovf_agrees_with_workshop_yml(exported):
+    workshop = exported["config"].workshop
+    stem = workshop.artifact_name
+    root = ET.parse(exported["unpacked"] / f"{stem}.ovf").getroot()
+    vmdk = exported["unpacked"] / f"{stem}-disk001.vmdk"
+    file_el = root.find("ovf:References/ovf:File", NS)
+    assert file_el.get(f"{{{ova.OVF_NS}}}href") == vmdk.name
+    assert int(file_el.get(f"{{{ova.OVF_NS}}}size")) == vmdk.stat().st_size
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(exported["disk"])],
+                                     capture_output=True, text=True, check=True).stdout)
+    capacity = int(root.find("ovf:DiskSection/ovf:Disk", NS).get(f"{{{ova.OVF_NS}}}capacity"))
+    assert capacity == info["virtual-size"]
+    assert capacity >= workshop.vm.disk_gb * 10**9 * 0.9
+    items = {i.find("rasd:ResourceType", NS).text: i for i in root.findall(".//ovf:VirtualHardwareSection/ovf:Item", NS)}
+    assert items["3"].find("rasd:VirtualQuantity", NS).text == str(workshop.vm.cpus)
+    assert items["4"].find("rasd:VirtualQuantity", NS).text == str(workshop.vm.memory_mb)
+    rules = {f.get("name"): f for f in root.iter(f"{{{ova.OVF_NS}}}Forwarding")}
+    for rule in ova.port_rules(workshop):
+        assert rules[rule.name].get("hostip") == rule.host_ip
+        assert rules[rule.name].get("hostport") == str(rule.host_port)
+        assert rules[rule.name].get("guestport") == str(rule.guest_port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: Path,
+              ready: Callable[[int], object | None], timeout: float = 1200) -> object | None:
+    """Boot the VMDK as VirtualBox attaches it (SATA/AHCI disk, e1000 NIC) under qemu TCG,
+    forward a free host port to guest_port, and poll ready(port) until it returns a value."""
+    port = _free_port()
+    command = [
+        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
+        # snapshot=on leaves the VMDK as exported
+        "-drive", f"file={vmdk},format=vmdk,if=none,id=disk0,snapshot=on",
+        "-device", "ahci,id=ahci", "-device", "ide-hd,drive=disk0,bus=ahci.0",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}",
+        "-device", "e1000,netdev=net0",
+        "-display", "none", "-serial", f"file:{console}", "-no-reboot",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            answer = ready(port)
+            if answer is not None:
+                return answer
+            time.sleep(5)
+        return None
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _console_tail(console: Path) -> str:
+    return console.read_text(errors="replace")[-3000:] if console.exists() else ""
+
+
+def test_exported_vmdk_boots_and_jupyter_answers(exported):
+    workshop = exported["config"].workshop
+    vmdk = exported["unpacked"] / f"{workshop.artifact_name}-disk001.vmdk"
+    console = exported["base"] / "console.log"
+    token_file = REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "jupyter-token"
+    token = token_file.read_text().strip() if token_file.is_file() else ""
+
+    def jupyter(port: int) -> tuple[int, str] | None:
+        url = f"http://127.0.0.1:{port}/api/status" + (f"?token={token}" if token else "")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return (exc.code, "") if exc.code in (401, 403) else None  # it answers, and wants the secret
+        except OSError:
+            return None
+
+    # The VM only has to boot and serve Jupyter here; the shared test machine has little memory.
+    answer = boot_vmdk(vmdk, workshop.vm.cpus, min(workshop.vm.memory_mb, 2048), workshop.ports.jupyter,
+                       console, jupyter)
+    assert answer is not None, f"Jupyter did not answer on the forwarded port; console:\n{_console_tail(console)}"
+    if token:
+        assert answer[0] == 200 and "started" in answer[1], answer
+    else:
+        assert answer[0] in (200, 401, 403), answer
+
+
+def test_exported_base_image_boots_on_sata(tmp_path):
+    """The vm tier's unprovisioned base image (cache/vm/base-*.qcow2), through the same export:
+    it boots from the VMDK on AHCI and its sshd answers through the forwarded port."""
+    bases = sorted((REPO_ROOT / "cache" / "vm").glob("base-*.qcow2"))
+    if not bases:
+        pytest.skip("no base image in cache/vm: the vm tier makes one (appliance build --provider qemu)")
+    copy = tmp_path / "base.qcow2"
+    shutil.copyfile(bases[-1], copy)  # the vm tier may be using the original
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "export", "--disk", str(copy), "--provider", "qemu",
+         "--out", str(tmp_path / "dist")],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr
+    (ova_path,) = (tmp_path / "dist").glob("*.ova")
+    with tarfile.open(ova_path) as tar:
+        (vmdk_member,) = [m for m in tar.getmembers() if m.name.endswith(".vmdk")]
+        tar.extract(vmdk_member, tmp_path, filter="data")
+    console = tmp_path / "console.log"
+
+    def ssh_banner(port: int) -> str | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                banner = sock.recv(64).decode(errors="replace")
+        except OSError:
+            return None
+        return banner if banner.startswith("SSH-") else None
+
+    banner = boot_vmdk(tmp_path / vmdk_member.name, 2, 1024, 22, console, ssh_banner, timeout=900)
+    assert banner is not None, f"no ssh banner through the forwarded port; console:\n{_console_tail(console)}"
