@@ -152,8 +152,22 @@ def _appliance(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return result
 
 
+@dataclass
+class BuiltDisk:
+    """A workshop built by `appliance build --provider qemu` and provisioned a second time."""
+
+    root: Path
+    config_path: Path
+    disk: Path
+    build_output: str
+    reprovision_output: str
+    ports: dict[str, int]
+    assets: list[TestAsset]
+
+
 @pytest.fixture(scope="session")
-def built_vm(tmp_path_factory) -> BuiltVM:
+def built_disk(tmp_path_factory) -> BuiltDisk:
+    """The halted, provisioned disk (also what the export tests export)."""
     lock = REPO_ROOT / "requirements" / "workshop.lock"
     wheels = REPO_ROOT / "cache" / "wheels"
     if not lock.is_file():
@@ -164,7 +178,6 @@ def built_vm(tmp_path_factory) -> BuiltVM:
         build_wheelhouse(lock, wheels)
     from appliance.config import load_config
     from appliance.vm import qemu
-    from appliance.vm.image import USER
 
     root = tmp_path_factory.mktemp("vmtest")
     config_path, ports, assets = _make_workshop(root)
@@ -174,16 +187,26 @@ def built_vm(tmp_path_factory) -> BuiltVM:
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-2000:]
     again = _appliance("build", "--provider", "qemu", "--provision-only", "--config", str(config_path), timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    disk = qemu.built_disk_path(load_config(config_path))
+    return BuiltDisk(root, config_path, disk, build.stdout, again.stdout, ports, assets)
 
-    config = load_config(config_path)
+
+@pytest.fixture(scope="session")
+def built_vm(built_disk) -> BuiltVM:
+    from appliance.config import load_config
+    from appliance.vm import qemu
+    from appliance.vm.image import USER
+
+    config = load_config(built_disk.config_path)
     key = REPO_ROOT / "cache" / "vm" / "ssh" / "id_ed25519"
     os.environ.setdefault("APPLIANCE_QEMU_ACCEL", "tcg")
     # Booting the halted, built disk again is the reboot: the services must come back by themselves.
-    machine = qemu.boot(qemu.built_disk_path(config), config, key, USER)
+    machine = qemu.boot(built_disk.disk, config, key, USER)
     try:
         machine.wait_for_ssh(600)
-        token = (root / "cache" / "vm" / "vmtest-1" / "jupyter-token").read_text().split()[0]
-        vm = BuiltVM(root, config_path, build.stdout, again.stdout, machine, token, ports, assets)
+        token = (built_disk.root / "cache" / "vm" / "vmtest-1" / "jupyter-token").read_text().split()[0]
+        vm = BuiltVM(built_disk.root, built_disk.config_path, built_disk.build_output, built_disk.reprovision_output,
+                     machine, token, built_disk.ports, built_disk.assets)
         deadline = time.monotonic() + TOKEN_WAIT_SECONDS
         while True:
             try:
