@@ -93,14 +93,14 @@ def test_assets_are_in_place_with_the_manifest_hashes(built_vm):
         algorithm, digest = asset.hash.split(":")
         root, rest = asset.place.split("/", 1)
         path = f"/home/workshop/.keras/{rest}" if root == "keras" else f"/home/workshop/notebooks/{rest}"
-        result = built_vm.ssh(f"{algorithm}sum {path}")
+        result = built_vm.ssh(f"sudo {algorithm}sum {path}")  # the home is 0700
         assert result.returncode == 0, result.stderr
         assert result.stdout.split()[0] == digest
 
 
 def test_notebooks_have_a_pristine_copy_and_a_writable_one(built_vm):
     result = built_vm.ssh(
-        "stat -c '%U %a' /home/workshop/notebooks/smoke.ipynb /opt/workshop/notebooks-pristine/smoke.ipynb"
+        "sudo stat -c '%U %a' /home/workshop/notebooks/smoke.ipynb /opt/workshop/notebooks-pristine/smoke.ipynb"
     )
     assert result.stdout.split("\n")[:2] == ["workshop 644", "root 644"], result.stdout
 
