@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "appliance.commands.fetch",
     "appliance.commands.assets",
     "appliance.commands.doctor",
+    "appliance.commands.build",
     "appliance.commands.export",
     "appliance.commands.thumbdrive",
 )

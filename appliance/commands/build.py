@@ -1,0 +1,120 @@
+"""`appliance build [--provider virtualbox|libvirt|qemu] [--provision-only] [--config FILE] [--dry-run]`"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from appliance.config import LoadedConfig, load_config
+from appliance.errors import ApplianceError
+from appliance.paths import config_path, lock_file, wheels_dir
+
+PROVIDERS = ("virtualbox", "libvirt", "qemu")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    build = subparsers.add_parser("build", help="build the workshop VM (Vagrant + Ansible, or qemu on Linux)")
+    build.add_argument("--provider", choices=PROVIDERS, default="virtualbox", help="default: virtualbox")
+    build.add_argument("--provision-only", action="store_true", help="re-run the playbook on the built VM")
+    build.add_argument("--config", type=Path, default=config_path(), help="default: workshop.yml in the repository")
+    build.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    build.set_defaults(run=run_build)
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def check_cache(config: LoadedConfig) -> None:
+    """What `appliance fetch --offline` checks, as far as the build needs it: the lock, the
+    wheelhouse, and every asset with a place in the VM present in cache/ with its hash."""
+    lock = lock_file(config.root)
+    if not lock.is_file():
+        raise ApplianceError(f"{lock} is missing; the VM installs exactly the lock")
+    wheels = wheels_dir(config.root)
+    if not wheels.is_dir() or not any(wheels.glob("*.whl")):
+        raise ApplianceError(f"the wheelhouse {wheels} is empty; run `appliance fetch` first")
+    from appliance.assets import check_cached, failure_line
+    from appliance.paths import cache_dir
+
+    cache = cache_dir(config.root)
+    outcomes = [check_cached(asset, cache) for asset in config.included_assets() if asset.place]
+    problem = failure_line(outcomes, cache, offline=True)
+    if problem:
+        raise ApplianceError(problem)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.dry_run:
+        for command in dry_run_commands(config, args.provider, args.provision_only):
+            print(command)
+        return 0
+    if args.provider != "qemu":
+        from appliance.vm import vagrant_driver
+
+        vagrant_driver.check_available(args.provider)
+    check_cache(config)
+    started = time.monotonic()
+    if args.provider == "qemu":
+        from appliance.vm import qemu_build
+
+        result = qemu_build.build(config, provision_only=args.provision_only, log=log)
+        report = result.report
+        log("")
+        log("time per role:")
+        for role, seconds in sorted(report.role_seconds.items(), key=lambda item: -item[1]):
+            log(f"  {role:<20} {seconds:8.1f} s")
+        log(f"changed tasks: {report.changed}")
+        log(f"built disk: {result.disk} (halted)")
+    else:
+        from appliance.vm import vagrant_driver
+
+        vagrant_driver.build(config, args.provider, args.provision_only, log=log)
+    print_access(config)
+    log(f"build finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def print_access(config: LoadedConfig) -> None:
+    from appliance.vm.cachepaths import workshop_state
+
+    ports = config.workshop.ports
+    host = "localhost" if ports.host_address in ("127.0.0.1", "0.0.0.0") else ports.host_address
+    token_file = workshop_state(config) / "jupyter-token"
+    if config.workshop.jupyter.password_hash:
+        secret = " (password from workshop.yml)"
+    elif token_file.exists():
+        secret = f"?token={token_file.read_text().split()[0]}"
+    else:
+        secret = ""
+    log(f"Jupyter:     http://{host}:{ports.jupyter}/lab{secret}")
+    log(f"TensorBoard: http://{host}:{ports.tensorboard}/")
+
+
+def dry_run_commands(config: LoadedConfig, provider: str, provision_only: bool) -> list[str]:
+    if provider == "qemu":
+        from appliance.vm import qemu
+        from appliance.vm.cachepaths import vm_cache
+        from appliance.vm.image import base_image_path
+        from appliance.vm.playbook import ANSIBLE_CFG, playbook_command
+
+        base = base_image_path(vm_cache(config), config.workshop.vm.disk_gb)
+        disk = qemu.built_disk_path(config)
+        state = disk.parent
+        commands = []
+        if not provision_only:
+            commands.append(shlex.join(["qemu-img", "convert", "-O", "qcow2", str(base), str(disk)]))
+        qemu_line = qemu.qemu_command(
+            disk, config, "tcg", state / "console.log", state / "qemu.pid", state / "monitor.sock"
+        )
+        # Shown with TCG; the build uses -accel kvm -cpu host when a KVM probe boots.
+        commands.append(shlex.join(qemu_line))
+        commands.append(f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path)))
+        commands.append("ssh ... sudo systemctl poweroff")
+        return commands
+    from appliance.vm import vagrant_driver
+
+    return vagrant_driver.planned_commands(config, provider, provision_only)

@@ -1,0 +1,1 @@
+"""Building the workshop VM: the qemu base image and runner, the Vagrant driver, provisioning."""

@@ -1,0 +1,113 @@
+"""Run provision/site.yml over ssh the way Vagrant's `ansible` provisioner does: an
+inventory naming the forwarded ssh port, user and key, workshop.yml as an extra variable,
+and provision/ansible.cfg as the configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+from appliance.paths import REPO_ROOT
+
+PROVISION_DIR = REPO_ROOT / "provision"
+PLAYBOOK = PROVISION_DIR / "site.yml"
+ANSIBLE_CFG = PROVISION_DIR / "ansible.cfg"
+
+
+@dataclass(frozen=True)
+class Connection:
+    host: str
+    port: int
+    user: str
+    key: Path
+
+
+@dataclass(frozen=True)
+class PlaybookReport:
+    role_seconds: dict[str, float]
+    total_seconds: float
+    changed_tasks: list[str]
+    failed_tasks: list[str]
+
+    @property
+    def changed(self) -> int:
+        return len(self.changed_tasks)
+
+
+def ansible_playbook() -> str:
+    """ansible-playbook from the tool venv next to this Python, else from PATH."""
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        raise ApplianceError("ansible-playbook is not installed; run `pip install -e .[vm]` (bin/install-test-deps does)")
+    return found
+
+
+def write_inventory(path: Path, connection: Connection) -> None:
+    # The same line Vagrant writes to .vagrant/provisioners/ansible/inventory.
+    line = (
+        f"default ansible_host={connection.host} ansible_port={connection.port} "
+        f"ansible_user='{connection.user}' ansible_ssh_private_key_file='{connection.key}' "
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n"
+    )
+    path.write_text(line)
+
+
+def playbook_command(inventory: Path, config_path: Path) -> list[str]:
+    return [
+        ansible_playbook(),
+        "--inventory", str(inventory),
+        "--extra-vars", json.dumps({"workshop_config": str(config_path.resolve())}),
+        str(PLAYBOOK),
+    ]  # fmt: skip
+
+
+def playbook_environment(report: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(ANSIBLE_CFG)
+    env["APPLIANCE_ANSIBLE_REPORT"] = str(report)
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_playbook(
+    connection: Connection, config_path: Path, state_dir: Path, log: Callable[[str], None] = print
+) -> PlaybookReport:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    inventory = state_dir / "inventory"
+    report = state_dir / "ansible-report.json"
+    report.unlink(missing_ok=True)
+    write_inventory(inventory, connection)
+    command = playbook_command(inventory, config_path)
+    log(f"ansible: {shlex.join(command)}")
+    with subprocess.Popen(
+        command, env=playbook_environment(report), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log(line.rstrip("\n"))
+        status = process.wait()
+    if not report.exists():
+        raise ApplianceError(f"ansible-playbook ended (exit {status}) before the play finished; see the output above")
+    data = json.loads(report.read_text())
+    result = PlaybookReport(
+        role_seconds=data["roles"],
+        total_seconds=data["total_seconds"],
+        changed_tasks=data["changed_tasks"],
+        failed_tasks=data["failed_tasks"],
+    )
+    if status != 0:
+        failed = ", ".join(result.failed_tasks) or "see the output above"
+        raise ApplianceError(f"provisioning failed (ansible-playbook exit {status}): {failed}")
+    return result

@@ -1,0 +1,77 @@
+"""`appliance build --provider qemu`: base image -> a copy of it booted with the forwarded
+ports -> provision/site.yml over ssh -> clean halt. The provisioned disk stays at
+`qemu.built_disk_path(config)` for `appliance export`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import LoadedConfig
+from appliance.errors import ApplianceError
+from appliance.vm import qemu
+from appliance.vm.cachepaths import vm_cache, workshop_state
+from appliance.vm.image import ensure_base_image
+from appliance.vm.playbook import Connection, PlaybookReport, run_playbook
+
+SSH_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class QemuBuild:
+    disk: Path
+    report: PlaybookReport
+    boot_seconds: float
+    base_seconds: float
+
+
+def fresh_disk(base: Path, target: Path) -> None:
+    """A standalone copy of the base (no backing file), so rebuilding the base never breaks it."""
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(base), str(target)], check=True, capture_output=True)
+
+
+def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str], None] = print) -> QemuBuild:
+    state = workshop_state(config)
+    state.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    base = ensure_base_image(vm_cache(config), config.workshop.vm.disk_gb, log)
+    base_seconds = time.monotonic() - started
+    final = qemu.built_disk_path(config)
+    if provision_only:
+        if not final.exists():
+            raise ApplianceError(f"no built VM at {final}; run `appliance build --provider qemu` first")
+        disk = final
+    else:
+        disk = final.with_name("disk.partial.qcow2")
+        disk.unlink(missing_ok=True)
+        log(f"disk: copying the base image to {disk}")
+        fresh_disk(base.disk, disk)
+
+    machine = qemu.boot(disk, config, base.key, base.user, log)
+    try:
+        boot_seconds = machine.wait_for_ssh(SSH_TIMEOUT_SECONDS, log)
+        log(f"qemu: ssh is up after {boot_seconds:.0f} s")
+        connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
+        report = run_playbook(connection, config.path, state, log)
+        log("qemu: shutting down cleanly")
+        machine.shutdown()
+    except BaseException as exc:
+        # A clean power-off keeps the guest's file systems whole for a retry or a look;
+        # only an interrupt kills qemu outright.
+        if isinstance(exc, KeyboardInterrupt):
+            machine.kill()
+        else:
+            machine.shutdown(timeout=120)
+        what = "the half-built disk" if disk != final else "the built disk (provisioning did not finish)"
+        log(
+            f"build failed: the VM (qemu pid {machine.pid}) was stopped; {what} is kept at {disk} "
+            f"for debugging (console log {machine.console_log}); remove it with `rm {disk}`"
+        )
+        raise
+    if disk != final:
+        os.replace(disk, final)
+    return QemuBuild(disk=final, report=report, boot_seconds=boot_seconds, base_seconds=base_seconds)

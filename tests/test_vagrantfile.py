@@ -1,0 +1,142 @@
+"""The Vagrantfile and the commands `appliance build` would run for VirtualBox/libvirt.
+
+VirtualBox cannot run here, so what is checked is what can be: Vagrant parses and
+validates the Vagrantfile (provider blocks ignored: their plugins check them only with
+the provider installed), and the dry run names the exact commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (apt-get install vagrant)")
+
+
+def vagrant(repo_root: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1")
+    if config is not None:
+        env["WORKSHOP_CONFIG"] = str(config)
+    return subprocess.run(["vagrant", *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_vagrant_validates_the_vagrantfile(repo_root):
+    result = vagrant(repo_root, "validate", "--ignore-provider")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+
+
+def test_a_broken_workshop_yml_fails_validation(repo_root, tmp_path):
+    broken = tmp_path / "workshop.yml"
+    broken.write_text("vm: {os: debian}\n")  # no name/version: the VM name cannot be made
+    result = vagrant(repo_root, "validate", "--ignore-provider", config=broken)
+    assert result.returncode != 0
+
+
+def test_vagrantfile_forwards_the_configured_ports_on_the_host_address(repo_root, tmp_path):
+    """`vagrant ssh-config` needs a provider; the settings Vagrant computed are checked
+    through Vagrant's own Ruby instead, loading the Vagrantfile with a custom workshop.yml."""
+    data = yaml.safe_load((repo_root / "workshop.yml").read_text())
+    data["ports"] = {"host_address": "127.0.0.1", "jupyter": 18001, "tensorboard": 18002, "ssh": 18003}
+    config = tmp_path / "workshop.yml"
+    config.write_text(yaml.safe_dump(data))
+    script = tmp_path / "dump.rb"
+    script.write_text(
+        """
+module Vagrant
+  def self.configure(_version)
+    yield Recorder.new
+  end
+  module Util
+    module Platform
+      def self.windows?; false; end
+    end
+  end
+end
+class Recorder
+  def method_missing(name, *args, **kw, &block)
+    if name == :network
+      puts "network #{args.inspect} #{kw.sort.to_h.inspect}"
+    elsif name == :customize
+      puts "customize #{args.inspect}"
+    elsif name == :provider
+      puts "provider #{args.first}"
+      block.call(Recorder.new, Recorder.new)
+    elsif name == :provision
+      puts "provision #{args.first}"
+      block.call(Recorder.new)
+    elsif name.to_s.end_with?("=")
+      puts "set #{name.to_s.chomp('=')} #{args.first.inspect}"
+    end
+    Recorder.new
+  end
+  def respond_to_missing?(*) = true
+end
+load ARGV[0]
+"""
+    )
+    result = subprocess.run(
+        ["ruby", str(script), str(repo_root / "Vagrantfile")],
+        env=dict(os.environ, WORKSHOP_CONFIG=str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for service, port in (("jupyter", 18001), ("tensorboard", 18002)):
+        assert f'network ["forwarded_port"] {{auto_correct: false, guest: {port}, host: {port}, host_ip: "127.0.0.1", id: "{service}"}}' in out.replace(
+            ":auto_correct=>", "auto_correct: "
+        ).replace(":guest=>", "guest: ").replace(":host=>", "host: ").replace(":host_ip=>", "host_ip: ").replace(":id=>", "id: "), out
+    assert "host: 18003" in out.replace(":host=>", "host: ") and '"ssh"' in out
+    assert 'set name "dl-workshop-2026.11"' in out
+    assert "set memory 4096" in out and "set cpus 2" in out
+    assert 'customize [["modifyvm", :id, "--audio-enabled", "off"]]' in out
+    assert 'customize [["modifyvm", :id, "--nat-localhostreachable1", "on"]]' in out
+    assert 'customize [["modifyvm", :id, "--vram", "16"]]' in out
+    assert "provider virtualbox" in out and "provider libvirt" in out
+    assert "provision ansible" in out and "ansible_local" not in out
+    assert f'"workshop_config"=>"{config}"' in out or f'"workshop_config" => "{config}"' in out
+
+
+def test_dry_run_prints_the_vagrant_commands(appliance_cli, repo_root):
+    result = appliance_cli("build", "--provider", "virtualbox", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "VBoxManage --version"
+    assert lines[1].endswith("vagrant up --provider=virtualbox --provision")
+    assert f"cd {repo_root}" in lines[1] and f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'}" in lines[1]
+    assert lines[2].endswith("vagrant halt")
+    assert lines[3] == "VBoxManage showvminfo dl-workshop-2026.11 --machinereadable"
+
+
+def test_dry_run_libvirt_and_provision_only(appliance_cli):
+    result = appliance_cli("build", "--provider", "libvirt", "--provision-only", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "virsh --connect qemu:///system version"
+    assert lines[1].endswith("vagrant provision") and lines[2].endswith("vagrant halt")
+
+
+def test_dry_run_qemu_shows_forwards_on_the_host_address(appliance_cli, repo_root):
+    result = appliance_cli("build", "--provider", "qemu", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    qemu_line = next(line for line in result.stdout.splitlines() if line.startswith("qemu-system-x86_64"))
+    for guest, host in ((22, 2222), (8888, 8888), (6006, 6006)):
+        assert f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" in qemu_line
+    assert "-accel tcg,thread=multi -cpu max" in qemu_line and "-m 4096" in qemu_line
+    assert any("ansible-playbook" in line and str(repo_root / "provision" / "site.yml") in line for line in result.stdout.splitlines())
+
+
+def test_build_without_virtualbox_says_so_in_one_line(appliance_cli):
+    if shutil.which("VBoxManage"):
+        pytest.skip("VirtualBox is installed here")
+    result = appliance_cli("build", "--provider", "virtualbox")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "appliance: error: VirtualBox is not installed (no VBoxManage); install it, or use --provider qemu on Linux"
+    ]

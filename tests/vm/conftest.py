@@ -1,0 +1,221 @@
+"""The VM tier: `appliance build --provider qemu` on a small test workshop, then checks
+from outside the VM. The base image is cached between runs (cache/vm); the provisioning
+runs every time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOKEN_WAIT_SECONDS = 900
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        return "qemu is not installed (apt-get install qemu-system-x86 qemu-utils)"
+    if os.geteuid() != 0 and not any((REPO_ROOT / "cache" / "vm").glob("base-*.qcow2")):
+        return "building the qemu base image needs root (mmdebstrap, loop devices) and none is cached"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _skip_reason()
+    if reason:
+        for item in items:
+            if "tests/vm/" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason=f"VM tier: {reason}"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TestAsset:
+    name: str
+    place: str
+    hash: str
+
+
+@dataclass
+class BuiltVM:
+    root: Path
+    config_path: Path
+    build_output: str
+    reprovision_output: str
+    machine: object
+    token: str
+    ports: dict[str, int]
+    assets: list[TestAsset]
+
+    @property
+    def jupyter_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['jupyter']}"
+
+    def ssh(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.machine.ssh("sh", "-c", _quote(command), timeout=timeout, check=False)
+
+
+def _quote(command: str) -> str:
+    import shlex
+
+    return shlex.quote(command)
+
+
+def _make_workshop(root: Path) -> tuple[Path, dict[str, int], list[TestAsset]]:
+    """A small workshop: real lock and wheelhouse, test-made assets, one smoke notebook."""
+    cache = root / "cache"
+    cache.mkdir()
+    (REPO_ROOT / "cache" / "vm").mkdir(parents=True, exist_ok=True)
+    (cache / "vm").symlink_to(REPO_ROOT / "cache" / "vm")  # the base image cache
+    (cache / "wheels").symlink_to(REPO_ROOT / "cache" / "wheels")
+    (root / "requirements").symlink_to(REPO_ROOT / "requirements")
+
+    # Assets the test makes, with the two hash kinds the manifest allows.
+    weights = os.urandom(200_000)
+    text = b"To be, or not to be\n" * 500
+    (cache / "vmtest_weights.h5").write_bytes(weights)
+    (cache / "vmtest.txt").write_bytes(text)
+    assets = [
+        TestAsset("vmtest_weights.h5", "keras/models/vmtest_weights.h5", "sha256:" + hashlib.sha256(weights).hexdigest()),
+        TestAsset("vmtest.txt", "notebooks/data/vmtest.txt", "md5:" + hashlib.md5(text).hexdigest()),
+    ]
+    manifest = {
+        "assets": [
+            {"name": a.name, "kind": "model" if a.name.endswith(".h5") else "text", "urls": [f"https://example.org/{a.name}"],
+             "hash": a.hash, "place": a.place}
+            for a in assets
+        ]
+    }
+    (root / "assets.yml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+    notebooks = root / "notebooks"
+    notebooks.mkdir()
+    smoke = {
+        "cells": [
+            {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": [
+                "import os, pathlib\n",
+                "import keras, numpy as np\n",
+                "x = keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((3, 4))))\n",
+                "print('backend', keras.backend.backend(), 'sum', float(x))\n",
+                "print('keras_home', os.environ['KERAS_HOME'])\n",
+                "print('asset', pathlib.Path(os.environ['KERAS_HOME'], 'models', 'vmtest_weights.h5').stat().st_size)\n",
+            ]},
+        ],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (notebooks / "smoke.ipynb").write_text(json.dumps(smoke, indent=1))
+
+    ports = {"jupyter": free_port(), "tensorboard": free_port(), "ssh": free_port()}
+    workshop = yaml.safe_load((REPO_ROOT / "workshop.yml").read_text())
+    workshop.update(
+        name="vmtest",
+        version="1",
+        title="VM test workshop",
+        notebooks=["smoke.ipynb"],
+        ports={"host_address": "127.0.0.1", **ports},
+        assets={"manifest": "assets.yml", "include": None},
+    )
+    workshop["vm"].update(os="debian", memory_mb=3072, cpus=2)
+    config_path = root / "workshop.yml"
+    config_path.write_text(yaml.safe_dump(workshop, sort_keys=False))
+    return config_path, ports, assets
+
+
+def _appliance(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    # KVM here runs real-mode code but hangs kernels; the build's own probe would find
+    # that out after 30 s per boot, so the tier says it up front (APPLIANCE_QEMU_ACCEL=kvm overrides).
+    env.setdefault("APPLIANCE_QEMU_ACCEL", "tcg")
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    log = REPO_ROOT / "cache" / "vm" / "vmtest-last-build.log"
+    with log.open("a") as handle:
+        handle.write(f"$ appliance {' '.join(args)}\n{result.stdout}\n{result.stderr}\n")
+    return result
+
+
+@dataclass
+class BuiltDisk:
+    """A workshop built by `appliance build --provider qemu` and provisioned a second time."""
+
+    root: Path
+    config_path: Path
+    disk: Path
+    build_output: str
+    reprovision_output: str
+    ports: dict[str, int]
+    assets: list[TestAsset]
+
+
+@pytest.fixture(scope="session")
+def built_disk(tmp_path_factory) -> BuiltDisk:
+    """The halted, provisioned disk (also what the export tests export)."""
+    lock = REPO_ROOT / "requirements" / "workshop.lock"
+    wheels = REPO_ROOT / "cache" / "wheels"
+    if not lock.is_file():
+        pytest.fail("the VM tier needs requirements/workshop.lock")
+    if not any(wheels.glob("*.whl")):
+        from appliance.wheels import build_wheelhouse  # the same wheelhouse `appliance fetch --wheels` makes
+
+        build_wheelhouse(lock, wheels)
+    from appliance.config import load_config
+    from appliance.vm import qemu
+
+    root = tmp_path_factory.mktemp("vmtest")
+    config_path, ports, assets = _make_workshop(root)
+    (REPO_ROOT / "cache" / "vm" / "vmtest-last-build.log").unlink(missing_ok=True)
+
+    build = _appliance("build", "--provider", "qemu", "--config", str(config_path), timeout=2400)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-2000:]
+    again = _appliance("build", "--provider", "qemu", "--provision-only", "--config", str(config_path), timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    disk = qemu.built_disk_path(load_config(config_path))
+    return BuiltDisk(root, config_path, disk, build.stdout, again.stdout, ports, assets)
+
+
+@pytest.fixture(scope="session")
+def built_vm(built_disk) -> BuiltVM:
+    from appliance.config import load_config
+    from appliance.vm import qemu
+    from appliance.vm.image import USER
+
+    config = load_config(built_disk.config_path)
+    key = REPO_ROOT / "cache" / "vm" / "ssh" / "id_ed25519"
+    os.environ.setdefault("APPLIANCE_QEMU_ACCEL", "tcg")
+    # Booting the halted, built disk again is the reboot: the services must come back by themselves.
+    machine = qemu.boot(built_disk.disk, config, key, USER)
+    try:
+        machine.wait_for_ssh(600)
+        token = (built_disk.root / "cache" / "vm" / "vmtest-1" / "jupyter-token").read_text().split()[0]
+        vm = BuiltVM(built_disk.root, built_disk.config_path, built_disk.build_output, built_disk.reprovision_output,
+                     machine, token, built_disk.ports, built_disk.assets)
+        deadline = time.monotonic() + TOKEN_WAIT_SECONDS
+        while True:
+            try:
+                if requests.get(f"{vm.jupyter_url}/api/status", params={"token": token}, timeout=10).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "Jupyter did not answer after the reboot"
+            time.sleep(5)
+        yield vm
+    finally:
+        machine.shutdown(timeout=120)
