@@ -41,31 +41,33 @@ pytestmark = [pytest.mark.vm,
                                  reason="needs qemu-img and qemu-system-x86_64")]
 
 
-def _built_disk(request) -> Path:
+def _built_disk(request) -> tuple[Path, Path]:
+    """The built disk and the workshop.yml it was built from (its ports, token and sizes)."""
     for name in ("built_disk", "built_vm_disk"):
         try:
             value = request.getfixturevalue(name)
         except pytest.FixtureLookupError:
             continue
-        return Path(getattr(value, "disk", value))
+        return Path(getattr(value, "disk", value)), Path(getattr(value, "config_path", REPO_ROOT / "workshop.yml"))
+    config_path = REPO_ROOT / "workshop.yml"
     given = os.environ.get("APPLIANCE_BUILT_DISK")
     if given:
-        return Path(given)
-    workshop = load_config(REPO_ROOT / "workshop.yml").workshop
-    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2"
+        return Path(given), config_path
+    workshop = load_config(config_path).workshop
+    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2", config_path
 
 
 @pytest.fixture(scope="module")
 def exported(request, tmp_path_factory) -> dict:
-    disk = _built_disk(request)
+    disk, config_path = _built_disk(request)
     if not disk.is_file():
         pytest.skip(f"no built VM disk at {disk}: run the vm tier (`appliance build --provider qemu`) first, "
                     "or set APPLIANCE_BUILT_DISK")
-    config = load_config(REPO_ROOT / "workshop.yml")
+    config = load_config(config_path)
     out = tmp_path_factory.mktemp("export-boot")
     result = subprocess.run(
-        [sys.executable, "-m", "appliance", "export", "--disk", str(disk), "--provider", "qemu",
-         "--out", str(out / "dist")],
+        [sys.executable, "-m", "appliance", "export", "--config", str(config_path), "--disk", str(disk),
+         "--provider", "qemu", "--out", str(out / "dist")],
         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr
     ova_path = out / "dist" / f"{config.workshop.artifact_name}.ova"
@@ -158,7 +160,8 @@ def test_exported_vmdk_boots_and_jupyter_answers(exported):
     workshop = exported["config"].workshop
     vmdk = exported["unpacked"] / f"{workshop.artifact_name}-disk001.vmdk"
     console = exported["base"] / "console.log"
-    token_file = REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "jupyter-token"
+    # where the build that made this disk keeps the token: next to the workshop.yml it read
+    token_file = exported["config"].root / "cache" / "vm" / workshop.artifact_name / "jupyter-token"
     token = token_file.read_text().strip() if token_file.is_file() else ""
 
     def jupyter(port: int) -> tuple[int, str] | None:
