@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.config import load_config
+from appliance.vm.provision_vars import write_provision_vars
 from shiphelpers import REPO_ROOT, WORKSHOP, make_checkout
 
 MIRROR = "http://deb.debian.org/debian"
@@ -49,7 +51,7 @@ def finalized(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("finalize")
     rootfs = base / "rootfs"
     built = subprocess.run(
-        ["mmdebstrap", "--variant=apt", "--include=python3,python3-venv,openssh-server,systemd,systemd-sysv",
+        ["mmdebstrap", "--variant=apt", "--include=python3,python3-venv,openssh-server,systemd,systemd-sysv,sudo",
          "trixie", str(rootfs), MIRROR], capture_output=True, text=True, timeout=1800)
     if built.returncode != 0:
         pytest.skip("mmdebstrap could not build Debian 13 here: " + (built.stderr.strip().splitlines() or ["?"])[-1])
@@ -70,6 +72,9 @@ def finalized(tmp_path_factory) -> dict:
     assert list((rootfs / "etc/ssh").glob("ssh_host_*_key")), "openssh-server made no host keys"
     assert list((rootfs / "var/lib/apt/lists").glob("*Packages*")), "no package lists to clean"
     subprocess.run(["chroot", str(rootfs), "python3", "-m", "venv", "/opt/workshop/venv"], check=True)
+    wheel = rootfs / "opt/workshop/wheels/0123456789ab/numpy-2.1.0-cp313-cp313-manylinux_2_17_x86_64.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"wheel")
 
     key = base / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -99,17 +104,14 @@ def finalized(tmp_path_factory) -> dict:
             f"build ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
             f"ansible_ssh_private_key_file={key} ansible_python_interpreter=/usr/bin/python3 "
             "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n")
-        playbook = base / "finalize.yml"
-        playbook.write_text(yaml.safe_dump([{
-            "name": "Finalize a build", "hosts": "all", "become": False,
-            "vars_files": ["{{ workshop_config }}"],
-            "vars": {"finalize_fill": "none"},
-            "roles": ["finalize"],
-        }]))
-        env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO_ROOT / "provision" / "roles"),
+        # The product's own playbook and vars file, as `appliance export` runs them.
+        config = load_config(checkout / "workshop.yml")
+        vars_path = write_provision_vars(config)
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "provision" / "ansible.cfg"),
                "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1"}
-        run = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), str(playbook),
-                              "-e", f"workshop_config={checkout / 'workshop.yml'}"],
+        run = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), str(REPO_ROOT / "provision" / "finalize.yml"),
+                              "-e", json.dumps({"workshop_config": str(checkout / "workshop.yml"),
+                                                "workshop_vars": str(vars_path), "finalize_fill": "none"})],
                              capture_output=True, text=True, env=env, timeout=900)
         # the connection still works after the host keys are gone (sshd keeps them loaded)
         after = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
@@ -139,8 +141,10 @@ def test_build_manifest(finalized):
     assert manifest["python"]["version"].startswith("3.")
     assert any(line.startswith("pip==") for line in manifest["python"]["packages"])
     assets = yaml.safe_load((finalized["checkout"] / "assets.yml").read_text())["assets"]
-    expected = {a["name"]: a["hash"] for a in assets if a["kind"] != "installer"}
-    assert {a["name"]: a["hash"] for a in manifest["assets"]} == expected
+    # what the VM gets: every asset with a place (installers only go on the thumb drive)
+    expected = {a["name"]: (a["place"], a["hash"]) for a in assets if a.get("place") and a["kind"] != "installer"}
+    assert expected, "the manifest lists no asset for the VM"
+    assert {a["name"]: (a["place"], a["hash"]) for a in manifest["assets"]} == expected
 
 
 def test_doctor_shows_the_build_manifest(finalized, appliance_cli):
@@ -148,6 +152,12 @@ def test_doctor_shows_the_build_manifest(finalized, appliance_cli):
     result = appliance_cli("doctor", "--build-manifest", str(path))
     line = next((l for l in result.stdout.splitlines() if "build manifest" in l), "")
     assert f"name={WORKSHOP['name']}" in line and f"version={WORKSHOP['version']}" in line, result.stdout
+
+
+def test_wheelhouse_inside_the_vm_removed(finalized):
+    # the environment is installed; the thumb drive carries the wheelhouse for local mode
+    assert not (finalized["rootfs"] / "opt/workshop/wheels").exists()
+    assert (finalized["rootfs"] / "opt/workshop/venv/bin/python").exists()
 
 
 def test_sealed_for_copies(finalized):

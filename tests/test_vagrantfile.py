@@ -67,7 +67,7 @@ class Recorder
       puts "provider #{args.first}"
       block.call(Recorder.new, Recorder.new)
     elsif name == :provision
-      puts "provision #{args.first}"
+      puts "provision #{args.first} #{kw.sort.to_h.inspect}"
       block.call(Recorder.new)
     elsif name.to_s.end_with?("=")
       puts "set #{name.to_s.chomp('=')} #{args.first.inspect}"
@@ -99,8 +99,26 @@ load ARGV[0]
     assert 'customize [["modifyvm", :id, "--nat-localhostreachable1", "on"]]' in out
     assert 'customize [["modifyvm", :id, "--vram", "16"]]' in out
     assert "provider virtualbox" in out and "provider libvirt" in out
-    assert "provision ansible" in out and "ansible_local" not in out
-    assert f'"workshop_config"=>"{config}"' in out or f'"workshop_config" => "{config}"' in out
+    provisions = {line.split()[1]: line for line in out.splitlines() if line.startswith("provision ")}
+    assert set(provisions) == {"workshop", "finalize"}, out
+    assert '"ansible"' in provisions["workshop"] and '"once"' in provisions["workshop"]
+    # sealing only when asked (`appliance export`), never on a re-provisioning
+    assert '"ansible"' in provisions["finalize"] and '"never"' in provisions["finalize"]
+    assert "ansible_local" not in out
+    assert 'set playbook "provision/site.yml"' in out and 'set playbook "provision/finalize.yml"' in out
+    normalized = out.replace('" => "', '"=>"')
+    assert f'"workshop_config"=>"{config}"' in normalized
+    vars_file = tmp_path / "cache" / "vm" / "dl-workshop-2026.11" / "workshop-vars.json"
+    assert f'"workshop_vars"=>"{vars_file}"' in normalized
+
+
+def test_vagrant_up_without_rendered_settings_says_what_to_run(repo_root, tmp_path):
+    config = tmp_path / "workshop.yml"
+    config.write_text((repo_root / "workshop.yml").read_text())
+    result = vagrant(repo_root, "up", "--provider=virtualbox", config=config)
+    assert result.returncode != 0
+    assert "workshop-vars.json is missing: run `bin/appliance build`" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_dry_run_prints_the_vagrant_commands(appliance_cli, repo_root):
@@ -119,7 +137,8 @@ def test_dry_run_libvirt_and_provision_only(appliance_cli):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "virsh --connect qemu:///system version"
-    assert lines[1].endswith("vagrant provision") and lines[2].endswith("vagrant halt")
+    assert lines[1].endswith("vagrant up --no-provision") and lines[2].endswith("vagrant provision")
+    assert lines[3].endswith("vagrant halt")
 
 
 def test_dry_run_qemu_shows_forwards_on_the_host_address(appliance_cli, repo_root):

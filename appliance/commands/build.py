@@ -100,6 +100,7 @@ def dry_run_commands(config: LoadedConfig, provider: str, provision_only: bool) 
         from appliance.vm.cachepaths import vm_cache
         from appliance.vm.image import base_image_path
         from appliance.vm.playbook import ANSIBLE_CFG, playbook_command
+        from appliance.vm.provision_vars import vars_file_path
 
         base = base_image_path(vm_cache(config), config.workshop.vm.disk_gb)
         disk = qemu.built_disk_path(config)
@@ -112,7 +113,7 @@ def dry_run_commands(config: LoadedConfig, provider: str, provision_only: bool) 
         )
         # Shown with TCG; the build uses -accel kvm -cpu host when a KVM probe boots.
         commands.append(shlex.join(qemu_line))
-        commands.append(f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path)))
+        commands.append(f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path, vars_file_path(config))))
         commands.append("ssh ... sudo systemctl poweroff")
         return commands
     from appliance.vm import vagrant_driver

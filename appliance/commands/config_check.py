@@ -15,6 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = actions.add_parser("check", help="validate workshop.yml and the files it names")
     check.add_argument("file", nargs="?", type=Path, default=config_path(), help="default: workshop.yml in the repository")
     check.set_defaults(run=run_check)
+    render = actions.add_parser(
+        "render", help="write the settings Ansible reads (workshop.yml validated, defaults filled in, VM assets chosen)",
+        description="`appliance build` does this itself; run it before a plain `vagrant up`.",
+    )
+    render.add_argument("file", nargs="?", type=Path, default=config_path(), help="default: workshop.yml in the repository")
+    render.set_defaults(run=run_render)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -26,4 +32,11 @@ def run_check(args: argparse.Namespace) -> int:
         f"{len(workshop.notebooks)} notebooks, {len(loaded.included_assets())} assets, "
         f"Keras backend {workshop.keras_backend}"
     )
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from appliance.vm.provision_vars import write_provision_vars
+
+    print(f"wrote {write_provision_vars(load_config(args.file))}")
     return 0

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--firmware", choices=("bios", "efi"), default="bios",
                         help="how the disk boots (qemu path; default bios)")
     parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
+    parser.add_argument("--no-finalize", action="store_true",
+                        help="export the built VM as it is, without sealing it first (provision/finalize.yml: "
+                        "build manifest, caches and logs cleaned, host keys and machine id reset, free space trimmed)")
     parser.set_defaults(run=run)
 
 
@@ -54,23 +57,37 @@ def run(args: argparse.Namespace) -> int:
     if provider == "auto":
         provider = "virtualbox" if vbox.vboxmanage() and vm_id and args.disk is None else "qemu"
     if provider == "virtualbox":
-        return _export_virtualbox(loaded, out_dir, vm_id)
+        return _export_virtualbox(loaded, out_dir, vm_id, finalize=not args.no_finalize)
 
     disk = args.disk or default_disk(loaded)
     if not disk.is_file():
         raise ApplianceError(f"{disk}: no built disk image; run `appliance build` or pass --disk PATH")
+    if args.disk is not None:
+        # Only the build's own disk is known to let in the build's key and to hold a workshop VM.
+        _say(f"exporting {disk} as it is (--disk: not sealed by finalize)")
+    elif not args.no_finalize:
+        from appliance.vm import qemu_build
+
+        _say("sealing the built VM first (provision/finalize.yml)")
+        sealed = qemu_build.finalize(loaded, disk, log=_say)
+        _say(f"sealed in {sealed.report.total_seconds:.0f} s (boot to ssh {sealed.boot_seconds:.0f} s)")
     settings = ova.settings_from_workshop(loaded.workshop, eula=_eula(loaded), firmware=args.firmware.upper())
     result = ova.export_qemu(settings, disk, out_dir, _say)
     _report(result.ova, result.ova_size, result.seconds, result.disk)
     return 0
 
 
-def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None) -> int:
+def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None, finalize: bool) -> int:
     program = vbox.vboxmanage()
     if program is None:
         raise ApplianceError("VBoxManage is not on PATH; install VirtualBox or use --provider qemu --disk PATH")
     if vm_id is None:
         raise ApplianceError("no VirtualBox VM from `vagrant up` in this checkout; run `appliance build` first")
+    if finalize:
+        from appliance.vm import vagrant_driver
+
+        _say("sealing the VM first (vagrant provision --provision-with finalize)")
+        vagrant_driver.finalize(loaded, log=_say)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{loaded.workshop.artifact_name}.ova"
     started = time.monotonic()

@@ -14,11 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
 from appliance.paths import REPO_ROOT
+from appliance.vm.provision_vars import write_provision_vars
 
 PROVISION_DIR = REPO_ROOT / "provision"
 PLAYBOOK = PROVISION_DIR / "site.yml"
+# Sealing for export: run by `appliance export`, never by a re-provisioning.
+FINALIZE_PLAYBOOK = PROVISION_DIR / "finalize.yml"
 ANSIBLE_CFG = PROVISION_DIR / "ansible.cfg"
 
 
@@ -63,12 +67,13 @@ def write_inventory(path: Path, connection: Connection) -> None:
     path.write_text(line)
 
 
-def playbook_command(inventory: Path, config_path: Path) -> list[str]:
+def playbook_command(inventory: Path, config_path: Path, vars_path: Path, playbook: Path = PLAYBOOK) -> list[str]:
+    extra = {"workshop_config": str(config_path.resolve()), "workshop_vars": str(vars_path.resolve())}
     return [
         ansible_playbook(),
         "--inventory", str(inventory),
-        "--extra-vars", json.dumps({"workshop_config": str(config_path.resolve())}),
-        str(PLAYBOOK),
+        "--extra-vars", json.dumps(extra),
+        str(playbook),
     ]  # fmt: skip
 
 
@@ -82,14 +87,19 @@ def playbook_environment(report: Path) -> dict[str, str]:
 
 
 def run_playbook(
-    connection: Connection, config_path: Path, state_dir: Path, log: Callable[[str], None] = print
+    connection: Connection,
+    config: LoadedConfig,
+    state_dir: Path,
+    log: Callable[[str], None] = print,
+    playbook: Path = PLAYBOOK,
 ) -> PlaybookReport:
     state_dir.mkdir(parents=True, exist_ok=True)
     inventory = state_dir / "inventory"
     report = state_dir / "ansible-report.json"
     report.unlink(missing_ok=True)
     write_inventory(inventory, connection)
-    command = playbook_command(inventory, config_path)
+    vars_path = write_provision_vars(config)
+    command = playbook_command(inventory, config.path, vars_path, playbook)
     log(f"ansible: {shlex.join(command)}")
     with subprocess.Popen(
         command, env=playbook_environment(report), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1

@@ -1,6 +1,7 @@
 """`appliance build --provider qemu`: base image -> a copy of it booted with the forwarded
 ports -> provision/site.yml over ssh -> clean halt. The provisioned disk stays at
-`qemu.built_disk_path(config)` for `appliance export`."""
+`qemu.built_disk_path(config)` for `appliance export`, which seals it first with
+provision/finalize.yml through `finalize` below."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
 from appliance.vm import qemu
 from appliance.vm.cachepaths import vm_cache, workshop_state
-from appliance.vm.image import ensure_base_image
-from appliance.vm.playbook import Connection, PlaybookReport, run_playbook
+from appliance.vm.image import USER, ensure_base_image
+from appliance.vm.playbook import FINALIZE_PLAYBOOK, PLAYBOOK, Connection, PlaybookReport, run_playbook
 
 SSH_TIMEOUT_SECONDS = 600
 
@@ -29,14 +30,47 @@ class QemuBuild:
     base_seconds: float
 
 
+@dataclass(frozen=True)
+class PlayInVM:
+    report: PlaybookReport
+    boot_seconds: float
+
+
 def fresh_disk(base: Path, target: Path) -> None:
     """A standalone copy of the base (no backing file), so rebuilding the base never breaks it."""
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(base), str(target)], check=True, capture_output=True)
 
 
+def run_play_in_vm(
+    disk: Path, config: LoadedConfig, key: Path, playbook: Path, what_is_left: str, log: Callable[[str], None]
+) -> PlayInVM:
+    """Boot `disk`, run `playbook` over ssh, power off cleanly. On failure the VM is stopped
+    and the message says what is left on disk and how to remove it."""
+    machine = qemu.boot(disk, config, key, USER, log)
+    try:
+        boot_seconds = machine.wait_for_ssh(SSH_TIMEOUT_SECONDS, log)
+        log(f"qemu: ssh is up after {boot_seconds:.0f} s")
+        connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
+        report = run_playbook(connection, config, workshop_state(config), log, playbook)
+        log("qemu: shutting down cleanly")
+        machine.shutdown()
+    except BaseException as exc:
+        # A clean power-off keeps the guest's file systems whole for a retry or a look;
+        # only an interrupt kills qemu outright.
+        if isinstance(exc, KeyboardInterrupt):
+            machine.kill()
+        else:
+            machine.shutdown(timeout=120)
+        log(
+            f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped; {what_is_left} is kept at {disk} "
+            f"(console log {machine.console_log}); remove it with `rm {disk}`"
+        )
+        raise
+    return PlayInVM(report=report, boot_seconds=boot_seconds)
+
+
 def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str], None] = print) -> QemuBuild:
-    state = workshop_state(config)
-    state.mkdir(parents=True, exist_ok=True)
+    workshop_state(config).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     base = ensure_base_image(vm_cache(config), config.workshop.vm.disk_gb, log)
     base_seconds = time.monotonic() - started
@@ -50,28 +84,20 @@ def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str
         disk.unlink(missing_ok=True)
         log(f"disk: copying the base image to {disk}")
         fresh_disk(base.disk, disk)
-
-    machine = qemu.boot(disk, config, base.key, base.user, log)
-    try:
-        boot_seconds = machine.wait_for_ssh(SSH_TIMEOUT_SECONDS, log)
-        log(f"qemu: ssh is up after {boot_seconds:.0f} s")
-        connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
-        report = run_playbook(connection, config.path, state, log)
-        log("qemu: shutting down cleanly")
-        machine.shutdown()
-    except BaseException as exc:
-        # A clean power-off keeps the guest's file systems whole for a retry or a look;
-        # only an interrupt kills qemu outright.
-        if isinstance(exc, KeyboardInterrupt):
-            machine.kill()
-        else:
-            machine.shutdown(timeout=120)
-        what = "the half-built disk" if disk != final else "the built disk (provisioning did not finish)"
-        log(
-            f"build failed: the VM (qemu pid {machine.pid}) was stopped; {what} is kept at {disk} "
-            f"for debugging (console log {machine.console_log}); remove it with `rm {disk}`"
-        )
-        raise
+    left = "the half-built disk" if disk != final else "the built disk (provisioning did not finish)"
+    played = run_play_in_vm(disk, config, base.key, PLAYBOOK, left, log)
     if disk != final:
         os.replace(disk, final)
-    return QemuBuild(disk=final, report=report, boot_seconds=boot_seconds, base_seconds=base_seconds)
+    return QemuBuild(disk=final, report=played.report, boot_seconds=played.boot_seconds, base_seconds=base_seconds)
+
+
+def finalize(config: LoadedConfig, disk: Path, log: Callable[[str], None] = print) -> PlayInVM:
+    """Seal a built disk for export: build manifest, caches and logs cleaned, host keys and
+    machine id left for each copy to make, free space trimmed. Works in place: the disk
+    stays bootable and can be provisioned again."""
+    if not disk.is_file():
+        raise ApplianceError(f"{disk}: no built disk image; run `appliance build --provider qemu` first")
+    key = vm_cache(config) / "ssh" / "id_ed25519"
+    if not key.is_file():
+        raise ApplianceError(f"{key} is missing: the disk only lets in the key it was built with; export with --no-finalize")
+    return run_play_in_vm(disk, config, key, FINALIZE_PLAYBOOK, "the disk (partly sealed; export it again to retry)", log)

@@ -13,6 +13,7 @@ from pathlib import Path
 from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
 from appliance.paths import REPO_ROOT
+from appliance.vm.provision_vars import write_provision_vars
 
 PROVIDERS = ("virtualbox", "libvirt")
 
@@ -30,7 +31,7 @@ def planned_commands(config: LoadedConfig, provider: str, provision_only: bool) 
     prefix = f"cd {shlex.quote(str(REPO_ROOT))} && WORKSHOP_CONFIG={shlex.quote(str(config.path.resolve()))}"
     name = config.workshop.artifact_name
     if provision_only:
-        commands = [f"{prefix} vagrant provision"]
+        commands = [f"{prefix} vagrant up --no-provision", f"{prefix} vagrant provision"]
     else:
         commands = [f"{prefix} vagrant up --provider={provider} --provision"]
     commands.append(f"{prefix} vagrant halt")
@@ -41,6 +42,16 @@ def planned_commands(config: LoadedConfig, provider: str, provision_only: bool) 
     else:
         commands.insert(0, "virsh --connect qemu:///system version")
     return commands
+
+
+def planned_finalize_commands(config: LoadedConfig) -> list[str]:
+    """What `appliance export` runs on a Vagrant VM before VBoxManage export."""
+    prefix = f"cd {shlex.quote(str(REPO_ROOT))} && WORKSHOP_CONFIG={shlex.quote(str(config.path.resolve()))}"
+    return [
+        f"{prefix} vagrant up --no-provision",
+        f"{prefix} vagrant provision --provision-with finalize",
+        f"{prefix} vagrant halt",
+    ]
 
 
 def check_available(provider: str) -> None:
@@ -67,16 +78,30 @@ def check_available(provider: str) -> None:
         raise ApplianceError(f"unknown provider {provider!r}; use one of virtualbox, libvirt, qemu")
 
 
-def build(config: LoadedConfig, provider: str, provision_only: bool, log: Callable[[str], None] = print) -> None:
+def _machine(config: LoadedConfig):
     import vagrant  # python-vagrant; imported here so the qemu path does not need it
 
+    write_provision_vars(config)
+    return vagrant.Vagrant(root=str(REPO_ROOT), env=vagrant_env(config), quiet_stdout=False, quiet_stderr=False)
+
+
+def _failed(machine, exc: subprocess.CalledProcessError) -> ApplianceError:
+    states = ", ".join(f"{s.name}: {s.state}" for s in _safe_status(machine)) or "unknown"
+    return ApplianceError(
+        f"vagrant failed ({' '.join(map(str, exc.cmd[:2]))}); the VM is left as {states}: "
+        f"remove it with `cd {REPO_ROOT} && vagrant destroy -f`, or retry with --provision-only"
+    )
+
+
+def build(config: LoadedConfig, provider: str, provision_only: bool, log: Callable[[str], None] = print) -> None:
     check_available(provider)
-    machine = vagrant.Vagrant(root=str(REPO_ROOT), env=vagrant_env(config), quiet_stdout=False, quiet_stderr=False)
+    machine = _machine(config)
     try:
         if provision_only:
-            status = machine.status()
-            if not status or status[0].state != "running":
-                raise ApplianceError("the VM is not running; run `appliance build` without --provision-only first")
+            if not machine.status() or machine.status()[0].state == "not_created":
+                raise ApplianceError("there is no VM to provision; run `appliance build` without --provision-only first")
+            log("vagrant up --no-provision")
+            machine.up(provider=provider, provision=False)
             log("vagrant provision")
             machine.provision()
         else:
@@ -85,11 +110,21 @@ def build(config: LoadedConfig, provider: str, provision_only: bool, log: Callab
         log("vagrant halt")
         machine.halt()
     except subprocess.CalledProcessError as exc:
-        states = ", ".join(f"{s.name}: {s.state}" for s in _safe_status(machine)) or "unknown"
-        raise ApplianceError(
-            f"vagrant failed ({' '.join(exc.cmd[:2])}); the VM is left as {states}: "
-            f"remove it with `cd {REPO_ROOT} && vagrant destroy -f`, or retry with --provision-only"
-        ) from None
+        raise _failed(machine, exc) from None
+
+
+def finalize(config: LoadedConfig, log: Callable[[str], None] = print) -> None:
+    """Seal the Vagrant VM for export (provision/finalize.yml), then halt it."""
+    machine = _machine(config)
+    try:
+        log("vagrant up --no-provision")
+        machine.up(provision=False)
+        log("vagrant provision --provision-with finalize")
+        machine.provision(provision_with=["finalize"])
+        log("vagrant halt")
+        machine.halt()
+    except subprocess.CalledProcessError as exc:
+        raise _failed(machine, exc) from None
 
 
 def _safe_status(machine) -> list:

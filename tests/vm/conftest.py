@@ -4,11 +4,8 @@ runs every time."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
+
+from vm.workshop_maker import TestAsset, make_workshop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_WAIT_SECONDS = 900
@@ -37,19 +35,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "tests/vm/" in str(item.fspath):
                 item.add_marker(pytest.mark.skip(reason=f"VM tier: {reason}"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class TestAsset:
-    name: str
-    place: str
-    hash: str
 
 
 @dataclass
@@ -75,67 +60,6 @@ def _quote(command: str) -> str:
     import shlex
 
     return shlex.quote(command)
-
-
-def _make_workshop(root: Path) -> tuple[Path, dict[str, int], list[TestAsset]]:
-    """A small workshop: real lock and wheelhouse, test-made assets, one smoke notebook."""
-    cache = root / "cache"
-    cache.mkdir()
-    (REPO_ROOT / "cache" / "vm").mkdir(parents=True, exist_ok=True)
-    (cache / "vm").symlink_to(REPO_ROOT / "cache" / "vm")  # the base image cache
-    (cache / "wheels").symlink_to(REPO_ROOT / "cache" / "wheels")
-    (root / "requirements").symlink_to(REPO_ROOT / "requirements")
-
-    # Assets the test makes, with the two hash kinds the manifest allows.
-    weights = os.urandom(200_000)
-    text = b"To be, or not to be\n" * 500
-    (cache / "vmtest_weights.h5").write_bytes(weights)
-    (cache / "vmtest.txt").write_bytes(text)
-    assets = [
-        TestAsset("vmtest_weights.h5", "keras/models/vmtest_weights.h5", "sha256:" + hashlib.sha256(weights).hexdigest()),
-        TestAsset("vmtest.txt", "notebooks/data/vmtest.txt", "md5:" + hashlib.md5(text).hexdigest()),
-    ]
-    manifest = {
-        "assets": [
-            {"name": a.name, "kind": "model" if a.name.endswith(".h5") else "text", "urls": [f"https://example.org/{a.name}"],
-             "hash": a.hash, "place": a.place}
-            for a in assets
-        ]
-    }
-    (root / "assets.yml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-
-    notebooks = root / "notebooks"
-    notebooks.mkdir()
-    smoke = {
-        "cells": [
-            {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": [
-                "import os, pathlib\n",
-                "import keras, numpy as np\n",
-                "x = keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((3, 4))))\n",
-                "print('backend', keras.backend.backend(), 'sum', float(x))\n",
-                "print('keras_home', os.environ['KERAS_HOME'])\n",
-                "print('asset', pathlib.Path(os.environ['KERAS_HOME'], 'models', 'vmtest_weights.h5').stat().st_size)\n",
-            ]},
-        ],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    (notebooks / "smoke.ipynb").write_text(json.dumps(smoke, indent=1))
-
-    ports = {"jupyter": free_port(), "tensorboard": free_port(), "ssh": free_port()}
-    workshop = yaml.safe_load((REPO_ROOT / "workshop.yml").read_text())
-    workshop.update(
-        name="vmtest",
-        version="1",
-        title="VM test workshop",
-        notebooks=["smoke.ipynb"],
-        ports={"host_address": "127.0.0.1", **ports},
-        assets={"manifest": "assets.yml", "include": None},
-    )
-    workshop["vm"].update(os="debian", memory_mb=3072, cpus=2)
-    config_path = root / "workshop.yml"
-    config_path.write_text(yaml.safe_dump(workshop, sort_keys=False))
-    return config_path, ports, assets
 
 
 def _appliance(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -180,7 +104,7 @@ def built_disk(tmp_path_factory) -> BuiltDisk:
     from appliance.vm import qemu
 
     root = tmp_path_factory.mktemp("vmtest")
-    config_path, ports, assets = _make_workshop(root)
+    config_path, ports, assets = make_workshop(root, REPO_ROOT)
     (REPO_ROOT / "cache" / "vm" / "vmtest-last-build.log").unlink(missing_ok=True)
 
     build = _appliance("build", "--provider", "qemu", "--config", str(config_path), timeout=2400)

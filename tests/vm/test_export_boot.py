@@ -41,42 +41,46 @@ pytestmark = [pytest.mark.vm,
                                  reason="needs qemu-img and qemu-system-x86_64")]
 
 
-def _built_disk(request) -> tuple[Path, Path]:
-    """The built disk and the workshop.yml it was built from (its ports, token and sizes)."""
+def _built_disk(request) -> tuple[Path, Path, bool]:
+    """The built disk, the workshop.yml it was built from (its ports, token and sizes), and
+    whether it is where `appliance build` left it (then `appliance export` seals it first)."""
     for name in ("built_disk", "built_vm_disk"):
         try:
             value = request.getfixturevalue(name)
         except pytest.FixtureLookupError:
             continue
-        return Path(getattr(value, "disk", value)), Path(getattr(value, "config_path", REPO_ROOT / "workshop.yml"))
+        return Path(getattr(value, "disk", value)), Path(getattr(value, "config_path", REPO_ROOT / "workshop.yml")), True
     config_path = REPO_ROOT / "workshop.yml"
     given = os.environ.get("APPLIANCE_BUILT_DISK")
     if given:
-        return Path(given), config_path
+        return Path(given), config_path, False
     workshop = load_config(config_path).workshop
-    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2", config_path
+    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2", config_path, True
 
 
 @pytest.fixture(scope="module")
 def exported(request, tmp_path_factory) -> dict:
-    disk, config_path = _built_disk(request)
+    disk, config_path, build_location = _built_disk(request)
     if not disk.is_file():
         pytest.skip(f"no built VM disk at {disk}: run the vm tier (`appliance build --provider qemu`) first, "
                     "or set APPLIANCE_BUILT_DISK")
     config = load_config(config_path)
     out = tmp_path_factory.mktemp("export-boot")
+    # The build's own disk is exported the way an organizer does it (sealed by finalize first).
+    where = [] if build_location else ["--disk", str(disk)]
     result = subprocess.run(
-        [sys.executable, "-m", "appliance", "export", "--config", str(config_path), "--disk", str(disk),
+        [sys.executable, "-m", "appliance", "export", "--config", str(config_path), *where,
          "--provider", "qemu", "--out", str(out / "dist")],
-        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=3600)
-    assert result.returncode == 0, result.stderr
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "APPLIANCE_QEMU_ACCEL": "tcg"},
+        capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     ova_path = out / "dist" / f"{config.workshop.artifact_name}.ova"
     unpacked = out / "unpacked"
     with tarfile.open(ova_path) as tar:
         names = tar.getnames()
         tar.extractall(unpacked, filter="data")
     return {"config": config, "disk": disk, "ova": ova_path, "names": names, "unpacked": unpacked,
-            "stdout": result.stdout, "base": out}
+            "stdout": result.stdout, "base": out, "sealed": build_location}
 
 
 def test_ovf_first_and_manifest_hashes(exported):
@@ -154,6 +158,57 @@ def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: P
 
 def _console_tail(console: Path) -> str:
     return console.read_text(errors="replace")[-3000:] if console.exists() else ""
+
+
+def _guest_files(raw: Path):
+    """Read files of the guest's root file system (the first MBR partition) with debugfs,
+    without mounting or booting it."""
+    with raw.open("rb") as handle:
+        handle.seek(446 + 8)
+        start = int.from_bytes(handle.read(4), "little") * 512
+    device = f"{raw}?offset={start}"
+
+    def debugfs(request: str) -> str:
+        result = subprocess.run(["debugfs", "-R", request, device], capture_output=True, text=True, timeout=120)
+        return result.stdout + result.stderr
+
+    return debugfs
+
+
+def test_exported_disk_is_sealed_with_a_build_manifest(exported, tmp_path, appliance_cli):
+    if not exported["sealed"]:
+        pytest.skip("APPLIANCE_BUILT_DISK was exported as it is (--disk), not sealed")
+    if shutil.which("debugfs") is None:
+        pytest.skip("debugfs (e2fsprogs) is not installed")
+    assert "export: sealed in" in exported["stdout"], exported["stdout"][-2000:]
+    workshop = exported["config"].workshop
+    # A fresh copy from the OVA: the boot test below writes to the unpacked one.
+    with tarfile.open(exported["ova"]) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.endswith(".vmdk")]
+        tar.extract(member, tmp_path, filter="data")
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(tmp_path / member.name), str(raw)], check=True, timeout=1800)
+    read = _guest_files(raw)
+
+    text = read("cat /etc/workshop/build-manifest.json")
+    manifest = json.loads(text[text.index("{"):])
+    assert (manifest["name"], manifest["version"], manifest["title"]) == (workshop.name, workshop.version, workshop.title)
+    assert manifest["os"].startswith("Debian") and manifest["python"]["version"].startswith("3.13")
+    assert any(line.startswith("tensorflow==") for line in manifest["python"]["packages"])
+    placed = {a.name: a.hash for a in exported["config"].included_assets() if a.place}
+    assert {a["name"]: a["hash"] for a in manifest["assets"]} == placed
+    copy = tmp_path / "build-manifest.json"
+    copy.write_text(text[text.index("{"):])
+    doctor = appliance_cli("doctor", "--config", str(exported["config"].path), "--build-manifest", str(copy))
+    row = next((line for line in doctor.stdout.splitlines() if "build manifest" in line), "")
+    assert f"name={workshop.name}" in row and f"version={workshop.version}" in row, doctor.stdout
+
+    # every imported copy makes its own host keys and machine id; the build's caches are gone
+    assert "ssh_host_" not in read("ls -l /etc/ssh")
+    assert re.search(r"Size:\s+0\b", read("stat /etc/machine-id")), read("stat /etc/machine-id")
+    assert "File not found" in read("stat /opt/workshop/wheels")
+    assert "File not found" not in read("stat /opt/workshop/venv/bin/python")
+    assert ".deb" not in read("ls /var/cache/apt/archives")
 
 
 def test_exported_vmdk_boots_and_jupyter_answers(exported):
