@@ -159,3 +159,30 @@ def test_build_without_virtualbox_says_so_in_one_line(appliance_cli):
     assert result.stderr.splitlines() == [
         "appliance: error: VirtualBox is not installed (no VBoxManage); install it, or use --provider qemu on Linux"
     ]
+
+
+def test_export_dry_run_seals_the_vagrant_vm_before_vboxmanage_export(appliance_cli, repo_root, tmp_path):
+    result = appliance_cli("export", "--provider", "virtualbox", "--dry-run", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" && ")[-1] for line in lines[:3]] == [
+        f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'} vagrant up --no-provision",
+        f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'} vagrant provision --provision-with finalize",
+        f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'} vagrant halt",
+    ]
+    assert lines[3].startswith("VBoxManage export ") and "--ovf20" in lines[3] and "--options manifest,nomacs" in lines[3]
+    assert lines[4].endswith(f"{tmp_path / 'dl-workshop-2026.11.ova'}")
+    unsealed = appliance_cli("export", "--provider", "virtualbox", "--dry-run", "--no-finalize", "--out", str(tmp_path))
+    assert unsealed.stdout.splitlines()[0].startswith("VBoxManage export ")
+
+
+def test_export_dry_run_qemu_seals_the_build_disk_only(appliance_cli, repo_root, tmp_path):
+    result = appliance_cli("export", "--provider", "qemu", "--dry-run", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    built = repo_root / "cache" / "vm" / "dl-workshop-2026.11" / "disk.qcow2"
+    assert lines[0].startswith("qemu-system-x86_64 ") and f"file={built}," in lines[0]
+    assert lines[1].endswith("provision/finalize.yml") and '"workshop_vars"' in lines[1]
+    assert lines[3].startswith("qemu-img convert -p -O vmdk -o subformat=streamOptimized " + str(built))
+    given = appliance_cli("export", "--provider", "qemu", "--dry-run", "--disk", str(tmp_path / "x.qcow2"))
+    assert given.stdout.splitlines()[0].startswith("qemu-img convert")  # --disk: exported as it is

@@ -99,23 +99,15 @@ def dry_run_commands(config: LoadedConfig, provider: str, provision_only: bool) 
         from appliance.vm import qemu
         from appliance.vm.cachepaths import vm_cache
         from appliance.vm.image import base_image_path
-        from appliance.vm.playbook import ANSIBLE_CFG, playbook_command
-        from appliance.vm.provision_vars import vars_file_path
+        from appliance.vm.playbook import PLAYBOOK
+        from appliance.vm.qemu_build import planned_play_commands
 
         base = base_image_path(vm_cache(config), config.workshop.vm.disk_gb)
         disk = qemu.built_disk_path(config)
-        state = disk.parent
         commands = []
         if not provision_only:
             commands.append(shlex.join(["qemu-img", "convert", "-O", "qcow2", str(base), str(disk)]))
-        qemu_line = qemu.qemu_command(
-            disk, config, "tcg", state / "console.log", state / "qemu.pid", state / "monitor.sock"
-        )
-        # Shown with TCG; the build uses -accel kvm -cpu host when a KVM probe boots.
-        commands.append(shlex.join(qemu_line))
-        commands.append(f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path, vars_file_path(config))))
-        commands.append("ssh ... sudo systemctl poweroff")
-        return commands
+        return commands + planned_play_commands(config, disk, PLAYBOOK)
     from appliance.vm import vagrant_driver
 
     return vagrant_driver.planned_commands(config, provider, provision_only)

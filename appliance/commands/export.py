@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from appliance import ova, vbox
 from appliance.config import LoadedConfig, load_config
 from appliance.errors import ApplianceError
-from appliance.paths import config_path, dist_dir
+from appliance.paths import REPO_ROOT, config_path, dist_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-finalize", action="store_true",
                         help="export the built VM as it is, without sealing it first (provision/finalize.yml: "
                         "build manifest, caches and logs cleaned, host keys and machine id reset, free space trimmed)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.set_defaults(run=run)
 
 
@@ -53,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     out_dir = args.out or dist_dir(loaded.root)
     provider = args.provider
-    vm_id = vbox.vagrant_vm_id(loaded.root)
+    vm_id = vbox.vagrant_vm_id(REPO_ROOT)  # Vagrant runs in the repository (vagrant_driver)
     if provider == "auto":
         provider = "virtualbox" if vbox.vboxmanage() and vm_id and args.disk is None else "qemu"
+    if args.dry_run:
+        for command in planned_commands(loaded, provider, args, out_dir, vm_id):
+            print(command)
+        return 0
     if provider == "virtualbox":
         return _export_virtualbox(loaded, out_dir, vm_id, finalize=not args.no_finalize)
 
@@ -75,6 +81,31 @@ def run(args: argparse.Namespace) -> int:
     result = ova.export_qemu(settings, disk, out_dir, _say)
     _report(result.ova, result.ova_size, result.seconds, result.disk)
     return 0
+
+
+def planned_commands(loaded: LoadedConfig, provider: str, args: argparse.Namespace, out_dir: Path,
+                     vm_id: str | None) -> list[str]:
+    """What `appliance export` runs, for --dry-run (checked by the tests where VirtualBox is absent)."""
+    final = out_dir / f"{loaded.workshop.artifact_name}.ova"
+    if provider == "virtualbox":
+        from appliance.vm import vagrant_driver
+
+        commands = [] if args.no_finalize else vagrant_driver.planned_finalize_commands(loaded)
+        argv = vbox.export_argv(loaded.workshop, vm_id or "<id from .vagrant/machines/default/virtualbox/id>",
+                                out_dir / ".export-XXXX" / final.name, eula_file=out_dir / ".export-XXXX" / "EULA.txt")
+        return [*commands, shlex.join(argv), f"mv {out_dir}/.export-XXXX/{final.name} {final}"]
+    disk = args.disk or default_disk(loaded)
+    commands = []
+    if args.disk is None and not args.no_finalize:
+        from appliance.vm.playbook import FINALIZE_PLAYBOOK
+        from appliance.vm.qemu_build import planned_play_commands
+
+        commands += planned_play_commands(loaded, disk, FINALIZE_PLAYBOOK)
+    _, vmdk, _ = ova.artifact_names(loaded.workshop.artifact_name)
+    commands.append(shlex.join(["qemu-img", "convert", "-p", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                                str(disk), str(out_dir / ".export-XXXX" / vmdk)]))
+    commands.append(f"(OVF + SHA-256 manifest written) -> pax tar, .ovf first -> {final} and {final.name}.sha256")
+    return commands
 
 
 def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None, finalize: bool) -> int:

@@ -6,6 +6,7 @@ provision/finalize.yml through `finalize` below."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -101,3 +102,17 @@ def finalize(config: LoadedConfig, disk: Path, log: Callable[[str], None] = prin
     if not key.is_file():
         raise ApplianceError(f"{key} is missing: the disk only lets in the key it was built with; export with --no-finalize")
     return run_play_in_vm(disk, config, key, FINALIZE_PLAYBOOK, "the disk (partly sealed; export it again to retry)", log)
+
+
+def planned_play_commands(config: LoadedConfig, disk: Path, playbook: Path) -> list[str]:
+    """What `run_play_in_vm` runs, for --dry-run (shown with TCG; a KVM probe may pick KVM)."""
+    from appliance.vm.playbook import ANSIBLE_CFG, playbook_command
+    from appliance.vm.provision_vars import vars_file_path
+
+    state = workshop_state(config)
+    qemu_line = qemu.qemu_command(disk, config, "tcg", state / "console.log", state / "qemu.pid", state / "monitor.sock")
+    return [
+        shlex.join(qemu_line),
+        f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path, vars_file_path(config), playbook)),
+        "ssh ... sudo systemctl poweroff",
+    ]
