@@ -170,7 +170,9 @@ def _guest_files(raw: Path):
 
     def debugfs(request: str) -> str:
         result = subprocess.run(["debugfs", "-R", request, device], capture_output=True, text=True, timeout=120)
-        return result.stdout + result.stderr
+        # stderr carries debugfs's banner and its "File not found" answers
+        banner = re.compile(r"^debugfs \d[^\n]*\n?", re.MULTILINE)
+        return result.stdout + banner.sub("", result.stderr)
 
     return debugfs
 
