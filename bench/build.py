@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from appliance.config import LoadedConfig, load_config  # noqa: E402
 from appliance.errors import ApplianceError  # noqa: E402
 from appliance.vm import qemu, qemu_build  # noqa: E402
-from appliance.vm.cachepaths import workshop_state  # noqa: E402
-from appliance.vm.image import USER, ensure_base_image  # noqa: E402
+from appliance.vm.cachepaths import jupyter_token_path, vm_cache, workshop_state  # noqa: E402
+from appliance.vm.image import USER, build_key_path, ensure_base_image  # noqa: E402
 from vm.workshop_maker import make_workshop  # noqa: E402
 
 JUPYTER_WAIT_SECONDS = 900
@@ -85,8 +85,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         for role, seconds in sorted(result.report.role_seconds.items(), key=lambda item: -item[1]):
             print(f"  {role:<14} {seconds:7.0f} s")
 
-        key = REPO_ROOT / "cache" / "vm" / "ssh" / "id_ed25519"
-        token = (state / "jupyter-token").read_text().split()[0]
+        key = build_key_path(vm_cache(config))
+        token = jupyter_token_path(config).read_text().split()[0]
         started = time.monotonic()
         machine = qemu.boot(result.disk, config, key, USER, progress)
         try:

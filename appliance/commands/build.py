@@ -79,11 +79,11 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def print_access(config: LoadedConfig) -> None:
-    from appliance.vm.cachepaths import workshop_state
+    from appliance.vm.cachepaths import jupyter_token_path
 
     ports = config.workshop.ports
     host = "localhost" if ports.host_address in ("127.0.0.1", "0.0.0.0") else ports.host_address
-    token_file = workshop_state(config) / "jupyter-token"
+    token_file = jupyter_token_path(config)
     if config.workshop.jupyter.password_hash:
         secret = " (password from workshop.yml)"
     elif token_file.exists():

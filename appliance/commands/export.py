@@ -13,6 +13,7 @@ from appliance import ova, vbox
 from appliance.config import LoadedConfig, load_config
 from appliance.errors import ApplianceError
 from appliance.paths import REPO_ROOT, config_path, dist_dir
+from appliance.vm.qemu import built_disk_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "build manifest, caches and logs cleaned, host keys and machine id reset, free space trimmed)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.set_defaults(run=run)
-
-
-def default_disk(loaded: LoadedConfig) -> Path:
-    """Where `appliance build --provider qemu` leaves the provisioned, halted disk."""
-    return loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "disk.qcow2"
 
 
 def _eula(loaded: LoadedConfig) -> str:
@@ -65,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if provider == "virtualbox":
         return _export_virtualbox(loaded, out_dir, vm_id, finalize=not args.no_finalize)
 
-    disk = args.disk or default_disk(loaded)
+    disk = args.disk or built_disk_path(loaded)
     if not disk.is_file():
         raise ApplianceError(f"{disk}: no built disk image; run `appliance build` or pass --disk PATH")
     if args.disk is not None:
@@ -94,7 +90,7 @@ def planned_commands(loaded: LoadedConfig, provider: str, args: argparse.Namespa
         argv = vbox.export_argv(loaded.workshop, vm_id or "<id from .vagrant/machines/default/virtualbox/id>",
                                 out_dir / ".export-XXXX" / final.name, eula_file=out_dir / ".export-XXXX" / "EULA.txt")
         return [*commands, shlex.join(argv), f"mv {out_dir}/.export-XXXX/{final.name} {final}"]
-    disk = args.disk or default_disk(loaded)
+    disk = args.disk or built_disk_path(loaded)
     commands = []
     if args.disk is None and not args.no_finalize:
         from appliance.vm.playbook import FINALIZE_PLAYBOOK

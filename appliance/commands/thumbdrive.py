@@ -9,6 +9,7 @@ from appliance.config import load_config
 from appliance.errors import ApplianceError
 from appliance.paths import config_path
 from appliance.thumbdrive import layout, targets, write
+from appliance.vm.cachepaths import jupyter_token_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def run_build(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     ova = args.ova or layout.default_ova(loaded)
     out = args.out or layout.default_out(loaded)
-    token_file = args.token_file or loaded.root / "cache" / "vm" / loaded.workshop.artifact_name / "jupyter-token"
+    token_file = args.token_file or jupyter_token_path(loaded)
     secret = token_file.read_text(encoding="utf-8").strip() if token_file.is_file() else None
     if args.token_file and secret is None:
         raise ApplianceError(f"{args.token_file}: not found; give the file with the Jupyter token")

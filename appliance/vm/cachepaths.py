@@ -15,3 +15,8 @@ def vm_cache(config: LoadedConfig) -> Path:
 def workshop_state(config: LoadedConfig) -> Path:
     """Per-workshop state: the Jupyter token, the built disk, logs."""
     return vm_cache(config) / config.workshop.artifact_name
+
+
+def jupyter_token_path(config: LoadedConfig) -> Path:
+    """The token the jupyter role makes at the first build (kept on the controller, never in the repo)."""
+    return workshop_state(config) / "jupyter-token"

@@ -83,8 +83,13 @@ def ensure_key(directory: Path) -> Path:
     return key
 
 
+def build_key_path(vm_cache: Path) -> Path:
+    """The private key the base image (and so every disk built from it) lets in."""
+    return vm_cache / "ssh" / "id_ed25519"
+
+
 def base_image_path(vm_cache: Path, disk_gb: int) -> Path:
-    key = ensure_key(vm_cache / "ssh")
+    key = ensure_key(build_key_path(vm_cache).parent)
     public = key.with_name("id_ed25519.pub").read_text().strip()
     return vm_cache / f"base-{SUITE}-{_recipe_hash(public, disk_gb)}.qcow2"
 
@@ -100,7 +105,7 @@ def missing_tools() -> list[str]:
 def ensure_base_image(vm_cache: Path, disk_gb: int, log: Callable[[str], None] = print) -> BaseImage:
     """Return the cached base image, building it first when the recipe changed."""
     path = base_image_path(vm_cache, disk_gb)
-    key = vm_cache / "ssh" / "id_ed25519"
+    key = build_key_path(vm_cache)
     if path.exists():
         log(f"base image: cached {path}")
         return BaseImage(disk=path, key=key)

@@ -17,6 +17,7 @@ from pathlib import Path
 from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
 from appliance.paths import REPO_ROOT
+from appliance.vm.cachepaths import workshop_state
 from appliance.vm.provision_vars import write_provision_vars
 
 PROVISION_DIR = REPO_ROOT / "provision"
@@ -89,10 +90,10 @@ def playbook_environment(report: Path) -> dict[str, str]:
 def run_playbook(
     connection: Connection,
     config: LoadedConfig,
-    state_dir: Path,
     log: Callable[[str], None] = print,
     playbook: Path = PLAYBOOK,
 ) -> PlaybookReport:
+    state_dir = workshop_state(config)
     state_dir.mkdir(parents=True, exist_ok=True)
     inventory = state_dir / "inventory"
     report = state_dir / "ansible-report.json"

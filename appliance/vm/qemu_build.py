@@ -17,7 +17,7 @@ from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
 from appliance.vm import qemu
 from appliance.vm.cachepaths import vm_cache, workshop_state
-from appliance.vm.image import USER, ensure_base_image
+from appliance.vm.image import USER, build_key_path, ensure_base_image
 from appliance.vm.playbook import FINALIZE_PLAYBOOK, PLAYBOOK, Connection, PlaybookReport, run_playbook
 
 SSH_TIMEOUT_SECONDS = 600
@@ -52,7 +52,7 @@ def run_play_in_vm(
         boot_seconds = machine.wait_for_ssh(SSH_TIMEOUT_SECONDS, log)
         log(f"qemu: ssh is up after {boot_seconds:.0f} s")
         connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
-        report = run_playbook(connection, config, workshop_state(config), log, playbook)
+        report = run_playbook(connection, config, log, playbook)
         log("qemu: shutting down cleanly")
         machine.shutdown()
     except BaseException as exc:
@@ -98,7 +98,7 @@ def finalize(config: LoadedConfig, disk: Path, log: Callable[[str], None] = prin
     stays bootable and can be provisioned again."""
     if not disk.is_file():
         raise ApplianceError(f"{disk}: no built disk image; run `appliance build --provider qemu` first")
-    key = vm_cache(config) / "ssh" / "id_ed25519"
+    key = build_key_path(vm_cache(config))
     if not key.is_file():
         raise ApplianceError(f"{key} is missing: the disk only lets in the key it was built with; export with --no-finalize")
     return run_play_in_vm(disk, config, key, FINALIZE_PLAYBOOK, "the disk (partly sealed; export it again to retry)", log)

@@ -26,9 +26,14 @@ def vagrant_env(config: LoadedConfig) -> dict[str, str]:
     return env
 
 
+def _command_prefix(config: LoadedConfig) -> str:
+    """How a printed vagrant command reaches this Vagrantfile and workshop.yml."""
+    return f"cd {shlex.quote(str(REPO_ROOT))} && WORKSHOP_CONFIG={shlex.quote(str(config.path.resolve()))}"
+
+
 def planned_commands(config: LoadedConfig, provider: str, provision_only: bool) -> list[str]:
     """What `appliance build` runs, printed by --dry-run and checked by the tests."""
-    prefix = f"cd {shlex.quote(str(REPO_ROOT))} && WORKSHOP_CONFIG={shlex.quote(str(config.path.resolve()))}"
+    prefix = _command_prefix(config)
     name = config.workshop.artifact_name
     if provision_only:
         commands = [f"{prefix} vagrant up --no-provision", f"{prefix} vagrant provision"]
@@ -46,7 +51,7 @@ def planned_commands(config: LoadedConfig, provider: str, provision_only: bool) 
 
 def planned_finalize_commands(config: LoadedConfig) -> list[str]:
     """What `appliance export` runs on a Vagrant VM before VBoxManage export."""
-    prefix = f"cd {shlex.quote(str(REPO_ROOT))} && WORKSHOP_CONFIG={shlex.quote(str(config.path.resolve()))}"
+    prefix = _command_prefix(config)
     return [
         f"{prefix} vagrant up --no-provision",
         f"{prefix} vagrant provision --provision-with finalize",
@@ -98,7 +103,8 @@ def build(config: LoadedConfig, provider: str, provision_only: bool, log: Callab
     machine = _machine(config)
     try:
         if provision_only:
-            if not machine.status() or machine.status()[0].state == "not_created":
+            status = machine.status()
+            if not status or status[0].state == "not_created":
                 raise ApplianceError("there is no VM to provision; run `appliance build` without --provision-only first")
             log("vagrant up --no-provision")
             machine.up(provider=provider, provision=False)

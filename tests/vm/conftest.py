@@ -119,16 +119,17 @@ def built_disk(tmp_path_factory) -> BuiltDisk:
 def built_vm(built_disk) -> BuiltVM:
     from appliance.config import load_config
     from appliance.vm import qemu
-    from appliance.vm.image import USER
+    from appliance.vm.cachepaths import jupyter_token_path
+    from appliance.vm.image import USER, build_key_path
 
     config = load_config(built_disk.config_path)
-    key = REPO_ROOT / "cache" / "vm" / "ssh" / "id_ed25519"
+    key = build_key_path(REPO_ROOT / "cache" / "vm")
     os.environ.setdefault("APPLIANCE_QEMU_ACCEL", "tcg")
     # Booting the halted, built disk again is the reboot: the services must come back by themselves.
     machine = qemu.boot(built_disk.disk, config, key, USER)
     try:
         machine.wait_for_ssh(600)
-        token = (built_disk.root / "cache" / "vm" / "vmtest-1" / "jupyter-token").read_text().split()[0]
+        token = jupyter_token_path(config).read_text().split()[0]
         vm = BuiltVM(built_disk.root, built_disk.config_path, built_disk.build_output, built_disk.reprovision_output,
                      machine, token, built_disk.ports, built_disk.assets)
         deadline = time.monotonic() + TOKEN_WAIT_SECONDS

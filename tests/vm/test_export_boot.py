@@ -31,6 +31,8 @@ import pytest
 
 from appliance import ova
 from appliance.config import load_config
+from appliance.vm.cachepaths import jupyter_token_path
+from appliance.vm.qemu import built_disk_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
@@ -54,8 +56,7 @@ def _built_disk(request) -> tuple[Path, Path, bool]:
     given = os.environ.get("APPLIANCE_BUILT_DISK")
     if given:
         return Path(given), config_path, False
-    workshop = load_config(config_path).workshop
-    return REPO_ROOT / "cache" / "vm" / workshop.artifact_name / "disk.qcow2", config_path, True
+    return built_disk_path(load_config(config_path)), config_path, True
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,8 @@ def test_exported_disk_is_sealed_with_a_build_manifest(exported, tmp_path, appli
     read = _guest_files(raw)
 
     text = read("cat /etc/workshop/build-manifest.json")
-    manifest = json.loads(text[text.index("{"):])
+    text = text[text.index("{"):]
+    manifest = json.loads(text)
     assert (manifest["name"], manifest["version"], manifest["title"]) == (workshop.name, workshop.version, workshop.title)
     assert manifest["os"].startswith("Debian") and manifest["python"]["version"].startswith("3.13")
     packages = manifest["python"]["packages"]
@@ -202,7 +204,7 @@ def test_exported_disk_is_sealed_with_a_build_manifest(exported, tmp_path, appli
     placed = {a.name: a.hash for a in exported["config"].included_assets() if a.place}
     assert {a["name"]: a["hash"] for a in manifest["assets"]} == placed
     copy = tmp_path / "build-manifest.json"
-    copy.write_text(text[text.index("{"):])
+    copy.write_text(text)
     doctor = appliance_cli("doctor", "--config", str(exported["config"].path), "--build-manifest", str(copy))
     row = next((line for line in doctor.stdout.splitlines() if "build manifest" in line), "")
     assert f"name={workshop.name}" in row and f"version={workshop.version}" in row, doctor.stdout
@@ -220,7 +222,7 @@ def test_exported_vmdk_boots_and_jupyter_answers(exported):
     vmdk = exported["unpacked"] / f"{workshop.artifact_name}-disk001.vmdk"
     console = exported["base"] / "console.log"
     # where the build that made this disk keeps the token: next to the workshop.yml it read
-    token_file = exported["config"].root / "cache" / "vm" / workshop.artifact_name / "jupyter-token"
+    token_file = jupyter_token_path(exported["config"])
     token = token_file.read_text().strip() if token_file.is_file() else ""
 
     def jupyter(port: int) -> tuple[int, str] | None:
