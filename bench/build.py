@@ -88,7 +88,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         key = build_key_path(vm_cache(config))
         token = jupyter_token_path(config).read_text().split()[0]
         started = time.monotonic()
-        machine = qemu.boot(result.disk, config, key, USER, progress)
+        machine, _ = qemu.boot_until_ssh(result.disk, config, key, USER, 600, progress)
         try:
             ready = wait_for_jupyter(config, token, started)
             print(f"boot to Jupyter ready: {ready:.0f} s ({machine.accelerator})")
@@ -112,9 +112,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
             for line in exported.stdout.splitlines():
                 if line.startswith(("export: sealed", "wrote ", "OVA / data")):
                     print(f"  {line}")
-            machine = qemu.boot(result.disk, config, key, USER, progress)
+            machine, _ = qemu.boot_until_ssh(result.disk, config, key, USER, 600, progress)
             try:
-                machine.wait_for_ssh(600, progress)
                 usage = guest_usage(machine)
                 print(f"guest disk used after finalize: {usage['used']} MB (wheelhouse copy {usage['wheelhouse']} MB)")
             finally:

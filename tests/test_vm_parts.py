@@ -1,9 +1,13 @@
-"""The VM build's parts that need no VM: the per-role timing callback (through a real
-ansible-playbook run on localhost), the inventory Vagrant would write, the qemu command."""
+"""The VM build's parts that need no full VM: the per-role timing callback (through a real
+ansible-playbook run on localhost), the inventory Vagrant would write, the qemu command, and
+what the qemu provider does when a guest kernel panics while booting (a real qemu booting a
+one-sector disk)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +17,7 @@ import pytest
 
 from appliance.config import load_config
 from appliance.vm import qemu
+from appliance.vm.cachepaths import workshop_state
 from appliance.vm.playbook import ANSIBLE_CFG, Connection, playbook_environment, write_inventory
 
 
@@ -80,3 +85,71 @@ def test_built_disk_path_is_per_workshop(repo_root):
 
 def test_ansible_cfg_enables_the_timing_callback():
     assert "callbacks_enabled = workshop_timing" in ANSIBLE_CFG.read_text()
+
+
+def _panicking_disk(path: Path) -> Path:
+    """A real boot sector that prints a kernel-panic line on COM1 and halts, as a guest
+    kernel that dies while booting does (what qemu's multi-threaded TCG made a Debian
+    kernel do once in CI)."""
+    code = bytes([
+        0xFC,              # cld
+        0x31, 0xC0,        # xor ax, ax
+        0x8E, 0xD8,        # mov ds, ax
+        0xBE, 0x17, 0x7C,  # mov si, message (0x7c00 + 23)
+        0xBA, 0xF8, 0x03,  # mov dx, 0x3f8 (COM1)
+        0xAC,              # next: lodsb
+        0x84, 0xC0,        # test al, al
+        0x74, 0x03,        # jz halt
+        0xEE,              # out dx, al
+        0xEB, 0xF8,        # jmp next
+        0xFA,              # halt: cli
+        0xF4,              # hlt
+        0xEB, 0xFD,        # jmp hlt
+    ])  # fmt: skip
+    assert len(code) == 23
+    sector = (code + b"Kernel panic - not syncing: Fatal exception in interrupt\r\n\0").ljust(510, b"\0") + b"\x55\xaa"
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(sector.ljust(2**20, b"\0"))
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(path)], check=True)
+    return path
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.skipif(shutil.which(qemu.QEMU) is None or shutil.which("qemu-img") is None, reason="needs qemu")
+def test_a_guest_whose_kernel_panics_is_booted_again_then_reported(tmp_path, monkeypatch):
+    jupyter, tensorboard, ssh = _free_ports(3)
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "assets.yml").write_text("assets: []\n")
+    (tmp_path / "workshop.yml").write_text(
+        f"name: panics\nversion: '1'\nports: {{jupyter: {jupyter}, tensorboard: {tensorboard}, ssh: {ssh}}}\n"
+    )
+    config = load_config(tmp_path / "workshop.yml")
+    disk = _panicking_disk(tmp_path / "disk.qcow2")
+    monkeypatch.setenv("APPLIANCE_QEMU_ACCEL", "tcg")
+    said: list[str] = []
+    with pytest.raises(qemu.GuestPanicked, match=r"panicked in all 2 boots of .*disk\.qcow2; see .*console-panic-2\.log"):
+        qemu.boot_until_ssh(disk, config, tmp_path / "no-key", "nobody", timeout=120, log=said.append, attempts=2)
+    kept = sorted(workshop_state(config).glob("console-panic-*.log"))
+    assert [path.name for path in kept] == ["console-panic-1.log", "console-panic-2.log"]
+    assert all(qemu.console_shows_panic(path) for path in kept)
+    assert any("panicked while booting" in line and "attempt 2 of 2" in line for line in said), said
+    assert qemu.running_pid(config) is None, "qemu was left running"
+
+
+def test_a_console_without_a_panic_is_not_taken_for_one(tmp_path):
+    console = tmp_path / "console.log"
+    assert not qemu.console_shows_panic(console)  # not written yet
+    console.write_text("[    2.3] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\nDebian GNU/Linux 13 workshop ttyS0\n")
+    assert not qemu.console_shows_panic(console)
+    console.write_text(console.read_text() + "[    2.34] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    assert qemu.console_shows_panic(console)

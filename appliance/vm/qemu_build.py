@@ -47,24 +47,29 @@ def run_play_in_vm(
 ) -> PlayInVM:
     """Boot `disk`, run `playbook` over ssh, power off cleanly. On failure the VM is stopped
     and the message says what is left on disk and how to remove it."""
-    machine = qemu.boot(disk, config, key, USER, log)
     try:
-        boot_seconds = machine.wait_for_ssh(SSH_TIMEOUT_SECONDS, log)
-        log(f"qemu: ssh is up after {boot_seconds:.0f} s")
+        machine, boot_seconds = qemu.boot_until_ssh(disk, config, key, USER, SSH_TIMEOUT_SECONDS, log)
+    except BaseException:
+        log(f"{playbook.stem} failed: the VM did not come up; {what_is_left} is kept at {disk}; remove it with `rm {disk}`")
+        raise
+    log(f"qemu: ssh is up after {boot_seconds:.0f} s")
+    try:
         connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
         report = run_playbook(connection, config, log, playbook)
         log("qemu: shutting down cleanly")
         machine.shutdown()
     except BaseException as exc:
         # A clean power-off keeps the guest's file systems whole for a retry or a look;
-        # only an interrupt kills qemu outright.
-        if isinstance(exc, KeyboardInterrupt):
+        # an interrupt, or a guest whose kernel died, gets qemu stopped outright.
+        panicked = qemu.console_shows_panic(machine.console_log)
+        if isinstance(exc, KeyboardInterrupt) or panicked:
             machine.kill()
         else:
             machine.shutdown(timeout=120)
+        why = " after its kernel panicked (a rare qemu TCG race: run the command again)" if panicked else ""
         log(
-            f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped; {what_is_left} is kept at {disk} "
-            f"(console log {machine.console_log}); remove it with `rm {disk}`"
+            f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped{why}; {what_is_left} is kept at "
+            f"{disk} (console log {machine.console_log}); remove it with `rm {disk}`"
         )
         raise
     return PlayInVM(report=report, boot_seconds=boot_seconds)

@@ -126,9 +126,8 @@ def built_vm(built_disk) -> BuiltVM:
     key = build_key_path(REPO_ROOT / "cache" / "vm")
     os.environ.setdefault("APPLIANCE_QEMU_ACCEL", "tcg")
     # Booting the halted, built disk again is the reboot: the services must come back by themselves.
-    machine = qemu.boot(built_disk.disk, config, key, USER)
+    machine, _ = qemu.boot_until_ssh(built_disk.disk, config, key, USER, 600)
     try:
-        machine.wait_for_ssh(600)
         token = jupyter_token_path(config).read_text().split()[0]
         vm = BuiltVM(built_disk.root, built_disk.config_path, built_disk.build_output, built_disk.reprovision_output,
                      machine, token, built_disk.ports, built_disk.assets)

@@ -32,14 +32,13 @@ import pytest
 from appliance import ova
 from appliance.config import load_config
 from appliance.vm.cachepaths import jupyter_token_path
-from appliance.vm.qemu import built_disk_path
+from appliance.vm import qemu
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
-QEMU = "qemu-system-x86_64"
 
 pytestmark = [pytest.mark.vm,
-              pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which(QEMU) is None,
+              pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which(qemu.QEMU) is None,
                                  reason="needs qemu-img and qemu-system-x86_64")]
 
 
@@ -56,7 +55,7 @@ def _built_disk(request) -> tuple[Path, Path, bool]:
     given = os.environ.get("APPLIANCE_BUILT_DISK")
     if given:
         return Path(given), config_path, False
-    return built_disk_path(load_config(config_path)), config_path, True
+    return qemu.built_disk_path(load_config(config_path)), config_path, True
 
 
 @pytest.fixture(scope="module")
@@ -129,32 +128,41 @@ def _free_port() -> int:
 def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: Path,
               ready: Callable[[int], object | None], timeout: float = 1200) -> object | None:
     """Boot the VMDK as VirtualBox attaches it (SATA/AHCI disk, e1000 NIC) under qemu TCG,
-    forward a free host port to guest_port, and poll ready(port) until it returns a value."""
-    port = _free_port()
-    command = [
-        QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
-        # snapshot=on leaves the VMDK as exported
-        "-drive", f"file={vmdk},format=vmdk,if=none,id=disk0,snapshot=on",
-        "-device", "ahci,id=ahci", "-device", "ide-hd,drive=disk0,bus=ahci.0",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}",
-        "-device", "e1000,netdev=net0",
-        "-display", "none", "-serial", f"file:{console}", "-no-reboot",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            answer = ready(port)
-            if answer is not None:
-                return answer
-            time.sleep(5)
-        return None
-    finally:
-        process.terminate()
+    forward a free host port to guest_port, and poll ready(port) until it returns a value.
+    A boot whose kernel panics (qemu's rare multi-threaded TCG race, as the product's own
+    qemu.boot_until_ssh handles it) is stopped and booted again, up to qemu.BOOT_ATTEMPTS."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(1, qemu.BOOT_ATTEMPTS + 1):
+        port = _free_port()
+        command = [
+            qemu.QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
+            # snapshot=on leaves the VMDK as exported
+            "-drive", f"file={vmdk},format=vmdk,if=none,id=disk0,snapshot=on",
+            "-device", "ahci,id=ahci", "-device", "ide-hd,drive=disk0,bus=ahci.0",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}",
+            "-device", "e1000,netdev=net0",
+            "-display", "none", "-serial", f"file:{console}", "-no-reboot",
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            while time.monotonic() < deadline and process.poll() is None:
+                if qemu.console_shows_panic(console):
+                    break
+                answer = ready(port)
+                if answer is not None:
+                    return answer
+                time.sleep(5)
+            else:
+                return None
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if attempt < qemu.BOOT_ATTEMPTS:
+            console.replace(console.with_name(f"{console.stem}-panic-{attempt}.log"))
+    return None
 
 
 def _console_tail(console: Path) -> str:
