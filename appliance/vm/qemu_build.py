@@ -21,6 +21,7 @@ from appliance.vm.image import USER, build_key_path, ensure_base_image
 from appliance.vm.playbook import FINALIZE_PLAYBOOK, PLAYBOOK, Connection, PlaybookReport, run_playbook
 
 SSH_TIMEOUT_SECONDS = 600
+PLAY_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -43,36 +44,51 @@ def fresh_disk(base: Path, target: Path) -> None:
 
 
 def run_play_in_vm(
-    disk: Path, config: LoadedConfig, key: Path, playbook: Path, what_is_left: str, log: Callable[[str], None]
-) -> PlayInVM:
+    disk: Path, config: LoadedConfig, key: Path, playbook: Path, what_is_left: str, log: Callable[[str], None],
+    attempts: int = PLAY_ATTEMPTS,
+) -> PlayInVM:  # fmt: skip
     """Boot `disk`, run `playbook` over ssh, power off cleanly. On failure the VM is stopped
-    and the message says what is left on disk and how to remove it."""
-    try:
-        machine, boot_seconds = qemu.boot_until_ssh(disk, config, key, USER, SSH_TIMEOUT_SECONDS, log)
-    except BaseException:
-        log(f"{playbook.stem} failed: the VM did not come up; {what_is_left} is kept at {disk}; remove it with `rm {disk}`")
-        raise
-    log(f"qemu: ssh is up after {boot_seconds:.0f} s")
-    try:
-        connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
-        report = run_playbook(connection, config, log, playbook)
-        log("qemu: shutting down cleanly")
-        machine.shutdown()
-    except BaseException as exc:
-        # A clean power-off keeps the guest's file systems whole for a retry or a look;
-        # an interrupt, or a guest whose kernel died, gets qemu stopped outright.
-        panicked = qemu.console_shows_panic(machine.console_log)
-        if isinstance(exc, KeyboardInterrupt) or panicked:
-            machine.kill()
-        else:
-            machine.shutdown(timeout=120)
-        why = " after its kernel panicked (a rare qemu TCG race: run the command again)" if panicked else ""
-        log(
-            f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped{why}; {what_is_left} is kept at "
-            f"{disk} (console log {machine.console_log}); remove it with `rm {disk}`"
-        )
-        raise
-    return PlayInVM(report=report, boot_seconds=boot_seconds)
+    and the message says what is left on disk and how to remove it.
+
+    When the guest's kernel panics during the play (qemu's rare TCG race; ssh then gives up
+    within ServerAliveInterval x 3 = 45 s), the disk is booted again and the play run again:
+    both playbooks are idempotent, so the second run does what the first left undone."""
+    attempt = 1
+    while True:
+        try:
+            machine, boot_seconds = qemu.boot_until_ssh(disk, config, key, USER, SSH_TIMEOUT_SECONDS, log)
+        except BaseException:
+            log(f"{playbook.stem} failed: the VM did not come up; {what_is_left} is kept at {disk}; remove it with `rm {disk}`")
+            raise
+        log(f"qemu: ssh is up after {boot_seconds:.0f} s")
+        try:
+            connection = Connection(machine.ssh_host, machine.ssh_port, machine.user, machine.key)
+            report = run_playbook(connection, config, log, playbook)
+            log("qemu: shutting down cleanly")
+            machine.shutdown()
+            return PlayInVM(report=report, boot_seconds=boot_seconds)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            panicked = qemu.console_shows_panic(machine.console_log)
+            # A clean power-off keeps the guest's file systems whole for a retry or a look;
+            # an interrupt, or a guest whose kernel died, gets qemu stopped outright.
+            if interrupted or panicked:
+                machine.kill()
+            else:
+                machine.shutdown(timeout=120)
+            if panicked and not interrupted and attempt < attempts:
+                kept = machine.console_log.with_name(f"console-panic-{playbook.stem}-{attempt}.log")
+                os.replace(machine.console_log, kept)
+                attempt += 1
+                log(f"qemu: the guest kernel panicked during {playbook.name} (console kept at {kept}); booting again "
+                    f"and running it again, attempt {attempt} of {attempts}")
+                continue
+            why = " after its kernel panicked (a rare qemu TCG race: run the command again)" if panicked else ""
+            log(
+                f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped{why}; {what_is_left} is kept at "
+                f"{disk} (console log {machine.console_log}); remove it with `rm {disk}`"
+            )
+            raise
 
 
 def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str], None] = print) -> QemuBuild:
