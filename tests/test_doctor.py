@@ -12,24 +12,9 @@ from pathlib import Path
 import pytest
 
 from appliance.doctor import cpu_flags, port_free
+from freeports import free_port, free_ports
 
 ASSET = b"a small dataset\n" * 1000
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (all held open together so none repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def make_workshop(tmp_path: Path, jupyter: int | None = None, tensorboard: int | None = None, *, cached: bool = True) -> Path:

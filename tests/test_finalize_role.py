@@ -21,6 +21,7 @@ import yaml
 
 from appliance.config import load_config
 from appliance.vm.provision_vars import write_provision_vars
+from freeports import free_port
 from shiphelpers import REPO_ROOT, WORKSHOP, make_checkout
 
 MIRROR = "http://deb.debian.org/debian"
@@ -38,12 +39,6 @@ def _why_not() -> str | None:
 
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +81,7 @@ def finalized(tmp_path_factory) -> dict:
     mounts = [rootfs / "proc", rootfs / "dev"]
     subprocess.run(["mount", "-t", "proc", "proc", str(mounts[0])], check=True)
     subprocess.run(["mount", "--bind", "/dev", str(mounts[1])], check=True)
-    port = _free_port()
+    port = free_port()
     sshd = subprocess.Popen(["chroot", str(rootfs), "/usr/sbin/sshd", "-D", "-e", "-p", str(port),
                              "-o", "ListenAddress=127.0.0.1", "-o", "PermitRootLogin=prohibit-password"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

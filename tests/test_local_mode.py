@@ -22,6 +22,8 @@ import pytest
 import requests
 import websocket
 
+from freeports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.local
@@ -69,12 +71,6 @@ def local_repo(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Pa
     result = run_setup(repo, "--offline", str(wheelhouse), env=clean_env(WORKSHOP_INSTALLER="pip", **NO_NETWORK))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return repo
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from appliance.config import load_config
 from appliance.vm import qemu
 from appliance.vm.cachepaths import workshop_state
 from appliance.vm.playbook import ANSIBLE_CFG, Connection, playbook_environment, write_inventory
+from freeports import free_ports
 
 
 def test_timing_callback_reports_roles_and_changed_tasks(tmp_path):
@@ -114,20 +114,9 @@ def _panicking_disk(path: Path) -> Path:
     return path
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @pytest.mark.skipif(shutil.which(qemu.QEMU) is None or shutil.which("qemu-img") is None, reason="needs qemu")
 def test_a_guest_whose_kernel_panics_is_booted_again_then_reported(tmp_path, monkeypatch):
-    jupyter, tensorboard, ssh = _free_ports(3)
+    jupyter, tensorboard, ssh = free_ports(3)
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "assets.yml").write_text("assets: []\n")
     (tmp_path / "workshop.yml").write_text(

@@ -31,8 +31,9 @@ import pytest
 
 from appliance import ova
 from appliance.config import load_config
-from appliance.vm.cachepaths import jupyter_token_path
 from appliance.vm import qemu
+from appliance.vm.cachepaths import jupyter_token_path
+from freeports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
@@ -119,12 +120,6 @@ def test_ovf_agrees_with_workshop_yml(exported):
         assert rules[rule.name].get("guestport") == str(rule.guest_port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: Path,
               ready: Callable[[int], object | None], timeout: float = 1200) -> object | None:
     """Boot the VMDK as VirtualBox attaches it (SATA/AHCI disk, e1000 NIC) under qemu TCG,
@@ -133,7 +128,7 @@ def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: P
     qemu.boot_until_ssh handles it) is stopped and booted again, up to qemu.BOOT_ATTEMPTS."""
     deadline = time.monotonic() + timeout
     for attempt in range(1, qemu.BOOT_ATTEMPTS + 1):
-        port = _free_port()
+        port = free_port()
         command = [
             qemu.QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
             # snapshot=on leaves the VMDK as exported

@@ -14,7 +14,7 @@ from appliance.config import load_config
 from appliance.vm import qemu, qemu_build
 from appliance.vm.cachepaths import workshop_state
 from appliance.vm.image import ensure_base_image
-from vm.workshop_maker import free_port
+from freeports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_a_play_whose_guest_panics_is_run_again_after_a_reboot(tmp_path, monkeyp
     (tmp_path / "assets.yml").write_text("assets: []\n")
     (tmp_path / "workshop.yml").write_text(yaml.safe_dump({
         "name": "panic-retry", "version": "1",
-        "ports": {"host_address": "127.0.0.1", "jupyter": free_port(), "tensorboard": free_port(), "ssh": free_port()},
+        "ports": {"host_address": "127.0.0.1", **dict(zip(("jupyter", "tensorboard", "ssh"), free_ports(3)))},
         "vm": {"os": "debian", "memory_mb": 2048, "cpus": 2},
     }))  # fmt: skip
     config = load_config(tmp_path / "workshop.yml")

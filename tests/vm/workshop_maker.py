@@ -7,17 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from freeports import free_ports
 
 
 @dataclass
@@ -72,7 +67,7 @@ def make_workshop(root: Path, repo_root: Path) -> tuple[Path, dict[str, int], li
     }
     (notebooks / "smoke.ipynb").write_text(json.dumps(smoke, indent=1))
 
-    ports = {"jupyter": free_port(), "tensorboard": free_port(), "ssh": free_port()}
+    ports = dict(zip(("jupyter", "tensorboard", "ssh"), free_ports(3)))
     workshop = yaml.safe_load((repo_root / "workshop.yml").read_text())
     workshop.update(
         name="vmtest",
