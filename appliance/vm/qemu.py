@@ -204,6 +204,14 @@ class Machine:
     def kill(self) -> None:
         _kill(self.pid)
 
+    def stop_after_panic(self, kept_name: str) -> Path:
+        """Stop qemu at once (a dead kernel has nothing to power off cleanly) and keep the
+        console log under `kept_name` beside it, so the next boot starts a fresh one."""
+        self.kill()
+        kept = self.console_log.with_name(kept_name)
+        os.replace(self.console_log, kept)
+        return kept
+
 
 KVM_FIRST_OUTPUT_SECONDS = 30
 
@@ -324,9 +332,7 @@ def boot_until_ssh(
         try:
             return machine, machine.wait_for_ssh(timeout, log)
         except GuestPanicked:
-            machine.kill()
-            kept = machine.console_log.with_name(f"console-panic-{attempt}.log")
-            os.replace(machine.console_log, kept)
+            kept = machine.stop_after_panic(f"console-panic-{attempt}.log")
             if attempt >= attempts:
                 raise GuestPanicked(
                     f"the guest kernel panicked in all {attempts} boots of {disk}; see {kept} (one panic can be "

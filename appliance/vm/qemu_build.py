@@ -53,12 +53,15 @@ def run_play_in_vm(
     When the guest's kernel panics during the play (qemu's rare TCG race; ssh then gives up
     within ServerAliveInterval x 3 = 45 s), the disk is booted again and the play run again:
     both playbooks are idempotent, so the second run does what the first left undone."""
+    def left_behind(what_happened: str) -> str:
+        return f"{playbook.stem} failed: {what_happened}; {what_is_left} is kept at {disk}; remove it with `rm {disk}`"
+
     attempt = 1
     while True:
         try:
             machine, boot_seconds = qemu.boot_until_ssh(disk, config, key, USER, SSH_TIMEOUT_SECONDS, log)
         except BaseException:
-            log(f"{playbook.stem} failed: the VM did not come up; {what_is_left} is kept at {disk}; remove it with `rm {disk}`")
+            log(left_behind("the VM did not come up"))
             raise
         log(f"qemu: ssh is up after {boot_seconds:.0f} s")
         try:
@@ -70,26 +73,21 @@ def run_play_in_vm(
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             panicked = qemu.console_shows_panic(machine.console_log)
+            if panicked and not interrupted and attempt < attempts:
+                kept = machine.stop_after_panic(f"console-panic-{playbook.stem}-{attempt}.log")
+                attempt += 1
+                log(f"qemu: the guest kernel panicked during {playbook.name} (console kept at {kept}); booting again "
+                    f"and running it again, attempt {attempt} of {attempts}")
+                continue
             # A clean power-off keeps the guest's file systems whole for a retry or a look;
             # an interrupt, or a guest whose kernel died, gets qemu stopped outright.
             if interrupted or panicked:
                 machine.kill()
             else:
                 machine.shutdown(timeout=120)
-            if panicked and not interrupted and attempt < attempts:
-                kept = machine.console_log.with_name(f"console-panic-{playbook.stem}-{attempt}.log")
-                os.replace(machine.console_log, kept)
-                attempt += 1
-                log(f"qemu: the guest kernel panicked during {playbook.name} (console kept at {kept}); booting again "
-                    f"and running it again, attempt {attempt} of {attempts}")
-                continue
             why = " after its kernel panicked (a rare qemu TCG race: run the command again)" if panicked else ""
-            log(
-                f"{playbook.stem} failed: the VM (qemu pid {machine.pid}) was stopped{why}; {what_is_left} is kept at "
-                f"{disk} (console log {machine.console_log}); remove it with `rm {disk}`"
-            )
+            log(left_behind(f"the VM (qemu pid {machine.pid}) was stopped{why} (console log {machine.console_log})"))
             raise
-
 
 def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str], None] = print) -> QemuBuild:
     workshop_state(config).mkdir(parents=True, exist_ok=True)
