@@ -48,6 +48,9 @@ class VM(Strict):
     cpus: StrictInt = Field(default=2, ge=1, le=64)
     video_memory_mb: StrictInt = Field(default=16, ge=16, le=256)
     disk_gb: StrictInt = Field(default=20, ge=8, le=2048)
+    # An instructor's ssh public key ("ssh-ed25519 AAAA... name"). Only when it is given does the
+    # exported appliance forward an ssh port and authorize this key; otherwise no one logs in over ssh.
+    instructor_ssh_key: StrictStr | None = None
 
     @model_validator(mode="after")
     def _box_for_os(self) -> "VM":
@@ -123,6 +126,9 @@ class Workshop(Strict):
     jupyter: Jupyter = Field(default_factory=Jupyter)
     notebooks: list[StrictStr] = Field(default_factory=list)
     assets: Assets = Field(default_factory=Assets)
+    # A licence text file (inside the repository) participants must accept on import; the OVA
+    # carries a EulaSection only when this is given (VBoxManage then needs `--vsys 0 --eula accept`).
+    license_file: StrictStr | None = None
 
     @field_validator("name")
     @classmethod
