@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 import uuid
@@ -18,7 +17,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from appliance.config import Workshop
 from appliance.errors import ApplianceError
@@ -32,16 +30,17 @@ VBOX_NS = "http://www.virtualbox.org/ovf/machine"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 
-# VirtualBox's own OS type ids, and the CIM ids VirtualBox writes for them on export
-# (CIMOSType_T in VirtualBox's ovfreader.h: 96 = Debian 64-bit, 101 = Linux 64-bit;
-# Fedora has no CIM id of its own, so VirtualBox relies on vbox:OSType).
-OS_TYPES = {"debian": ("Debian_64", 96), "fedora": ("Fedora_64", 101)}
+# VirtualBox's OS type id for each guest, and the CIM id VirtualBox's own table
+# (g_aOsTypes in ApplianceImpl.cpp) pairs with it: Debian_64 -> CIMOS_Debian_64 (96);
+# Fedora has no CIM id, and the table gives Fedora_64 CIMOS_Linux_2_6_x_64 (100).
+OS_TYPES = {"debian": ("Debian_64", 96), "fedora": ("Fedora_64", 100)}
 
 # Inside the guest Jupyter and TensorBoard listen on the same port numbers as the host
 # side (the Vagrantfile and the qemu provider forward them so); ssh on 22.
 GUEST_SSH_PORT = 22
 
 COPY_CHUNK = 4 * 1024 * 1024
+TAR_BLOCK = 512
 
 # Elements live in the OVF namespace as the document's default namespace, while attributes
 # need the explicit ovf: prefix (the form VirtualBox and ovftool write). ElementTree maps one
@@ -76,30 +75,35 @@ class OvfSettings:
     memory_mb: int
     video_memory_mb: int
     ports: tuple[PortRule, ...]
-    eula: str
+    eula: str | None            # licence text; None: no EulaSection (VBoxManage import would stop at it)
     firmware: str = "BIOS"
     machine_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     disk_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
-DEFAULT_EULA = (
-    "This appliance contains free and open-source software. Each package keeps its own "
-    "license; see /usr/share/doc inside the appliance and the licenses of the Python "
-    "packages in the workshop environment. Datasets and pretrained model weights are "
-    "provided under the terms of their publishers, for teaching use."
-)
-
-
 def port_rules(workshop: Workshop) -> tuple[PortRule, ...]:
+    """Jupyter and TensorBoard; ssh only when an instructor key is configured, since no one
+    else can log in over ssh and an open port invites guessing."""
     ports = workshop.ports
-    return (
+    rules = [
         PortRule("jupyter", ports.host_address, ports.jupyter, ports.jupyter),
         PortRule("tensorboard", ports.host_address, ports.tensorboard, ports.tensorboard),
-        PortRule("ssh", ports.host_address, ports.ssh, GUEST_SSH_PORT),
-    )
+    ]
+    if workshop.vm.instructor_ssh_key:
+        rules.append(PortRule("ssh", ports.host_address, ports.ssh, GUEST_SSH_PORT))
+    return tuple(rules)
 
 
-def settings_from_workshop(workshop: Workshop, eula: str = DEFAULT_EULA, firmware: str = "BIOS") -> OvfSettings:
+def os_type_ids(os_name: str) -> tuple[str, int]:
+    """(VirtualBox OS type id, CIM OS id) for a guest OS name; the one place both come from."""
+    try:
+        return OS_TYPES[os_name]
+    except KeyError:
+        raise ApplianceError(f"no VirtualBox OS type is known for guest {os_name!r}; use one of "
+                             f"{', '.join(sorted(OS_TYPES))}") from None
+
+
+def settings_from_workshop(workshop: Workshop, eula: str | None = None, firmware: str = "BIOS") -> OvfSettings:
     return OvfSettings(
         name=workshop.artifact_name,
         product=workshop.title,
@@ -154,7 +158,7 @@ def _item(section: ET.Element, fields: list[tuple[str, str]]) -> None:
 def build_ovf(settings: OvfSettings, disk_file: str, disk_file_size: int, capacity: int, populated: int) -> bytes:
     """The OVF 1.0 envelope, with VirtualBox's own machine section so NAT port forwarding,
     video memory and the OS type survive the import."""
-    os_type, cim_id = OS_TYPES[settings.os]
+    os_type, cim_id = os_type_ids(settings.os)
     env = ET.Element(_q(OVF_NS, "Envelope"), _ovf_attrs(version="1.0"))
     env.set("{http://www.w3.org/XML/1998/namespace}lang", "en-US")
 
@@ -192,9 +196,10 @@ def build_ovf(settings: OvfSettings, disk_file: str, disk_file_size: int, capaci
         _sub(annotation, OVF_NS, "Info", "A human-readable annotation")
         _sub(annotation, OVF_NS, "Annotation", settings.description)
 
-    eula = _sub(system, OVF_NS, "EulaSection")
-    _sub(eula, OVF_NS, "Info", "License agreement for the virtual system")
-    _sub(eula, OVF_NS, "License", settings.eula)
+    if settings.eula:
+        eula = _sub(system, OVF_NS, "EulaSection")
+        _sub(eula, OVF_NS, "Info", "License agreement for the virtual system")
+        _sub(eula, OVF_NS, "License", settings.eula)
 
     oss = _sub(system, OVF_NS, "OperatingSystemSection", **_ovf_attrs(id=str(cim_id)))
     _sub(oss, OVF_NS, "Info", "The kind of installed guest operating system")
@@ -223,6 +228,8 @@ def build_ovf(settings: OvfSettings, disk_file: str, disk_file_size: int, capaci
     _item(hw, [("AutomaticAllocation", "true"), ("Caption", "Ethernet adapter on 'NAT'"),
                ("Connection", "NAT"), ("ElementName", "Ethernet adapter on 'NAT'"), ("InstanceID", "5"),
                ("ResourceSubType", "E1000"), ("ResourceType", "10")])
+    _item(hw, [("Address", "0"), ("Caption", "usb"), ("Description", "USB Controller"),
+               ("ElementName", "usb"), ("InstanceID", "6"), ("ResourceType", "23")])
 
     system.append(_vbox_machine(settings, os_type))
     ET.indent(env)
@@ -251,7 +258,11 @@ def _vbox_machine(settings: OvfSettings, os_type: str) -> ET.Element:
     _e(cpu, "HardwareVirtExLargePages", enabled="false")
     _e(hardware, "Memory", RAMSize=str(settings.memory_mb))
     _e(hardware, "Firmware", type=settings.firmware)
+    # The tablet is a USB device: without a USB controller the import drops it and the
+    # guest gets a relative PS/2 mouse (the pointer lags behind the host's).
     _e(hardware, "HID", Pointing="USBTablet", Keyboard="PS2Keyboard")
+    usb = _e(_e(hardware, "USB"), "Controllers")
+    _e(usb, "Controller", name="OHCI", type="OHCI")
     boot = _e(hardware, "Boot")
     _e(boot, "Order", position="1", device="HardDisk")
     for position in (2, 3, 4):
@@ -266,7 +277,12 @@ def _vbox_machine(settings: OvfSettings, os_type: str) -> ET.Element:
         # proto 1 = TCP in VirtualBox's settings format.
         _e(nat, "Forwarding", name=rule.name, proto="1", hostip=rule.host_ip,
                       hostport=str(rule.host_port), guestport=str(rule.guest_port))
-    _e(hardware, "AudioAdapter", enabled="false")
+    # No NAT option beyond the forwards: the guest must not reach the host's 127.0.0.1
+    # (VirtualBox's localhost-reachable setting stays off when absent).
+    _e(hardware, "AudioAdapter", driver="Null", enabled="false")
+    # A Linux guest keeps UTC in the hardware clock; without this VirtualBox gives it local
+    # time, and an offline guest has nothing to correct it.
+    _e(hardware, "RTC", localOrUTC="UTC")
     _e(hardware, "Clipboard", mode="Disabled")
     storage = _e(machine, "StorageControllers")
     sata = _e(storage, "StorageController", name="SATA", type="AHCI", PortCount="1",
@@ -345,39 +361,78 @@ def manifest_text(entries: list[tuple[str, str]]) -> str:
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in entries)
 
 
-class _CountingReader:
-    def __init__(self, handle: BinaryIO, total: int, progress: Progress, label: str) -> None:
-        self.handle, self.total, self.progress, self.label = handle, total, progress, label
-        self.done = 0
-        self.last_report = 0.0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        self.done += len(data)
-        now = time.monotonic()
-        if now - self.last_report > 2 or self.done == self.total:
-            self.last_report = now
-            self.progress(f"{self.label} {100 * self.done // max(self.total, 1)}%")
-        return data
+def _octal(value: int, width: int) -> bytes:
+    """A NUL-terminated, zero-padded octal field."""
+    return f"{value:0{width - 1}o}".encode("ascii") + b"\0"
 
 
-def member_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = int(time.time())
-    info.mode = 0o644
-    info.uname = info.gname = "someone"
-    return info
+def _size_field(size: int) -> bytes:
+    """ustar's 12-byte size: octal below 8 GiB, else base-256 (high bit set, big-endian),
+    as VirtualBox's own tar writer does; a pax record would stop VirtualBox's reader."""
+    if size < 8 * 1024**3:
+        return _octal(size, 12)
+    return bytes([0x80]) + size.to_bytes(11, "big")
+
+
+def tar_header(name: str, size: int, mtime: int) -> bytes:
+    """One 512-byte ustar header for a regular file (magic "ustar\\0", version "00")."""
+    encoded = name.encode("utf-8")
+    if len(encoded) >= 100 or not name.isprintable():
+        raise ApplianceError(f"{name!r}: an OVA member name must be printable and shorter than 100 bytes")
+    header = bytearray(TAR_BLOCK)
+    fields = [
+        (0, encoded), (100, _octal(0o644, 8)), (108, _octal(0, 8)), (116, _octal(0, 8)),
+        (124, _size_field(size)), (136, _octal(mtime, 12)), (148, b" " * 8), (156, b"0"),
+        (257, b"ustar\0"), (263, b"00"), (265, b"someone"), (297, b"someone"),
+    ]
+    for offset, value in fields:
+        header[offset:offset + len(value)] = value
+    header[148:156] = f"{sum(header):06o}".encode("ascii") + b"\0 "
+    return bytes(header)
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of the regions of a file that hold data; holes read as zeros."""
+    extents, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end))
+        pos = end
+    return extents
 
 
 def pack_ova(out: Path, members: list[tuple[str, Path]], progress: Progress) -> None:
-    """A POSIX (pax) tar: ustar headers where they suffice, pax size records for members
-    of 8 GiB and more. Members go in the given order; VirtualBox wants the .ovf first."""
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+    """A plain ustar archive, members in the given order (VirtualBox wants the .ovf first).
+    Written by hand: Python's tarfile adds pax headers for big members, and VirtualBox's tar
+    reader refuses every pax header ("Error reading OVA"). Holes in a member stay holes."""
+    mtime = int(time.time())
+    with out.open("wb") as writer:
         for name, path in members:
-            info = member_info(name, path.stat().st_size)
             with path.open("rb") as handle:
-                tar.addfile(info, _CountingReader(handle, info.size, progress, f"packing {name}"))  # type: ignore[arg-type]
+                size = os.fstat(handle.fileno()).st_size
+                writer.write(tar_header(name, size, mtime))
+                base = writer.tell()
+                last_report = 0.0
+                for start, end in _data_extents(handle.fileno(), size):
+                    handle.seek(start)
+                    writer.seek(base + start)
+                    remaining = end - start
+                    while remaining:
+                        chunk = handle.read(min(COPY_CHUNK, remaining))
+                        if not chunk:
+                            raise ApplianceError(f"{path} shrank while it was packed; export again")
+                        writer.write(chunk)
+                        remaining -= len(chunk)
+                        if time.monotonic() - last_report > 2:
+                            last_report = time.monotonic()
+                            progress(f"packing {name} {100 * (end - remaining) // max(size, 1)}%")
+                writer.seek(base + size)
+            writer.write(b"\0" * (-size % TAR_BLOCK))
+        writer.write(b"\0" * (2 * TAR_BLOCK))  # end of archive
 
 
 @dataclass(frozen=True)

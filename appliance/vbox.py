@@ -14,6 +14,8 @@ from appliance.config import Workshop
 from appliance.errors import ApplianceError
 
 VAGRANT_MACHINE = "default"
+# The Vagrantfile's ssh forward (id "ssh"); VirtualBox names the NAT rule after it.
+SSH_RULE = "ssh"
 
 
 def vboxmanage() -> str | None:
@@ -53,9 +55,38 @@ def export_argv(workshop: Workshop, vm: str, output: Path, program: str = "VBoxM
     return argv
 
 
-def run_export(argv: list[str]) -> None:
+def prepare_argvs(workshop: Workshop, vm: str, nat_rules: list[str], program: str = "VBoxManage") -> list[list[str]]:
+    """`VBoxManage modifyvm` before the export, so the exported machine carries no more than
+    a participant needs: the guest must not reach the host's 127.0.0.1 (the build may have
+    turned that on), and no ssh forward unless an instructor key lets someone log in."""
+    argvs = [[program, "modifyvm", vm, "--nat-localhostreachable1", "off"]]
+    if not workshop.vm.instructor_ssh_key and SSH_RULE in nat_rules:
+        argvs.append([program, "modifyvm", vm, "--natpf1", "delete", SSH_RULE])
+    return argvs
+
+
+def parse_forwarding_rules(machinereadable: str) -> list[str]:
+    """Rule names on the first NAT adapter from `showvminfo --machinereadable`
+    (lines `Forwarding(0)="ssh,tcp,127.0.0.1,2222,,22"`)."""
+    names = []
+    for line in machinereadable.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("Forwarding("):
+            names.append(value.strip('"').split(",")[0])
+    return names
+
+
+def forwarding_rules(program: str, vm: str) -> list[str]:
+    result = subprocess.run([program, "showvminfo", vm, "--machinereadable"], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr or result.stdout).strip().splitlines()
+        raise ApplianceError(f"VBoxManage showvminfo {vm} failed: {last[-1] if last else result.returncode}")
+    return parse_forwarding_rules(result.stdout)
+
+
+def run(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr or result.stdout).strip().splitlines()
-        raise ApplianceError(f"VBoxManage export failed: {last[-1] if last else result.returncode}; "
+        raise ApplianceError(f"VBoxManage {argv[1]} failed: {last[-1] if last else result.returncode}; "
                              "is the VM powered off (vagrant halt)?")

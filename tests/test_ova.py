@@ -112,24 +112,39 @@ def test_ovf_agrees_with_workshop_yml(exported):
         tags = [child.tag for child in item]
         assert tags == sorted(tags)
 
-    assert system.find("ovf:OperatingSystemSection/vbox:OSType", NS).text == "Debian_64"
+    os_section = system.find("ovf:OperatingSystemSection", NS)
+    assert os_section.find("vbox:OSType", NS).text == "Debian_64"
+    # the CIM id VirtualBox's own table (ApplianceImpl.cpp g_aOsTypes) gives Debian_64
+    assert os_section.get(f"{{{ova.OVF_NS}}}id") == "96"
     product = system.find("ovf:ProductSection", NS)
     assert product.find("ovf:Product", NS).text == workshop["title"]
     assert product.find("ovf:Vendor", NS).text == workshop["vendor"]
     assert product.find("ovf:Version", NS).text == workshop["version"]
     assert product.find("ovf:ProductUrl", NS).text == workshop["url"]
     assert system.find("ovf:AnnotationSection/ovf:Annotation", NS).text == workshop["description"]
-    assert system.find("ovf:EulaSection/ovf:License", NS).text
+    # no license_file in workshop.yml: no EulaSection, which `VBoxManage import` stops at
+    assert system.find("ovf:EulaSection", NS) is None
 
     machine = system.find("vbox:Machine", NS)
     assert machine.get("OSType") == "Debian_64"
     assert machine.find("ovf:Hardware/ovf:CPU", NS).get("count") == str(workshop["vm"]["cpus"])
     assert machine.find("ovf:Hardware/ovf:Memory", NS).get("RAMSize") == str(workshop["vm"]["memory_mb"])
     assert machine.find("ovf:Hardware/ovf:Display", NS).get("VRAMSize") == str(workshop["vm"]["video_memory_mb"])
-    rules = {f.get("name"): f for f in machine.findall("ovf:Hardware/ovf:Network/ovf:Adapter/ovf:NAT/ovf:Forwarding", NS)}
+    hardware = machine.find("ovf:Hardware", NS)
+    assert hardware.find("ovf:RTC", NS).get("localOrUTC") == "UTC"
+    assert hardware.find("ovf:HID", NS).get("Pointing") == "USBTablet"
+    usb = hardware.findall("ovf:USB/ovf:Controllers/ovf:Controller", NS)
+    assert [(c.get("name"), c.get("type")) for c in usb] == [("OHCI", "OHCI")]
+    assert by_type["23"].find("rasd:ElementName", NS).text == "usb"
+    audio = hardware.find("ovf:AudioAdapter", NS)
+    assert audio.get("driver") == "Null" and audio.get("enabled") == "false"
+    nat = hardware.find("ovf:Network/ovf:Adapter/ovf:NAT", NS)
+    assert not any("localhost" in key.lower() for key in nat.attrib), nat.attrib
+    rules = {f.get("name"): f for f in nat.findall("ovf:Forwarding", NS)}
     ports = workshop["ports"]
-    assert set(rules) == {"jupyter", "tensorboard", "ssh"}
-    for name, guest in (("jupyter", ports["jupyter"]), ("tensorboard", ports["tensorboard"]), ("ssh", 22)):
+    # no vm.instructor_ssh_key: no ssh forward into the participant's machine
+    assert set(rules) == {"jupyter", "tensorboard"}
+    for name, guest in (("jupyter", ports["jupyter"]), ("tensorboard", ports["tensorboard"])):
         assert rules[name].get("hostip") == ports["host_address"]
         assert rules[name].get("hostport") == str(ports[name])
         assert rules[name].get("guestport") == str(guest)
@@ -162,13 +177,111 @@ def test_export_leaves_nothing_partial_and_missing_disk_is_one_line(exported, tm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_big_members_get_a_pax_size_record():
-    """Members of 8 GiB and more do not fit ustar's size field: the pax header carries them."""
-    info = ova.member_info("disk.vmdk", 9 * 1024**3)
-    header = info.tobuf(tarfile.PAX_FORMAT)
-    assert f"size={9 * 1024**3}".encode() in header
-    small = ova.member_info("x.ovf", 1000).tobuf(tarfile.PAX_FORMAT)
-    assert b"size=" not in small  # plain ustar where it suffices
+def test_ovf_keeps_the_literal_vbox_prefix_and_no_host_loopback(exported):
+    """VirtualBox's reader looks the machine up by prefix (findChildElementNS("vbox", "Machine")),
+    not by namespace URI; and nothing in the OVF lets the guest reach the host's 127.0.0.1."""
+    with tarfile.open(exported["out"] / "test-workshop-1.2.ova") as tar:
+        text = tar.extractfile("test-workshop-1.2.ovf").read().decode("utf-8")
+    assert f'xmlns:vbox="{ova.VBOX_NS}"' in text
+    assert re.search(r"<vbox:Machine [^>]*OSType=\"Debian_64\"", text)
+    assert "</vbox:Machine>" in text
+    assert "localhost" not in text.lower()
+
+
+def raw_tar_headers(path: Path) -> list[tuple[str, bytes, int]]:
+    """(name, type flag, size) of every header, walking the archive block by block as
+    VirtualBox's reader does (not through tarfile, which hides pax headers)."""
+    headers = []
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(512)
+            assert len(block) == 512, "archive ends without its two zero blocks"
+            if block == bytes(512):
+                assert handle.read(512) == bytes(512)
+                break
+            unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+            assert int(block[148:154], 8) == unsigned, "header checksum"
+            assert block[257:265] == b"ustar\x0000"
+            field = block[124:136]
+            size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.rstrip(b"\0 "), 8)
+            headers.append((block[:100].rstrip(b"\0").decode(), block[156:157], size))
+            handle.seek((size + 511) // 512 * 512, 1)
+    return headers
+
+
+def test_ova_over_8_gib_has_only_ustar_headers(tmp_path):
+    """A sparse 9 GiB member (VirtualBox's tar reader refuses pax 'x'/'g' headers): base-256
+    size in a plain ustar header, and the bytes around the hole land where tar says."""
+    ovf, disk, mf = tmp_path / "a.ovf", tmp_path / "a-disk001.vmdk", tmp_path / "a.mf"
+    ovf.write_text("<Envelope/>\n")
+    big = 9 * 1024**3 + 123
+    with disk.open("wb") as handle:
+        handle.write(b"head")
+        handle.truncate(big)
+        handle.seek(big - 4)
+        handle.write(b"tail")
+    mf.write_text("SHA256(a.ovf)= 00\n")
+    out = tmp_path / "a.ova"
+    ova.pack_ova(out, [("a.ovf", ovf), ("a-disk001.vmdk", disk), ("a.mf", mf)], lambda _: None)
+    headers = raw_tar_headers(out)
+    assert [(name, flag) for name, flag, _ in headers] == [("a.ovf", b"0"), ("a-disk001.vmdk", b"0"), ("a.mf", b"0")]
+    assert [size for _, _, size in headers] == [12, big, 18]
+    assert out.stat().st_blocks * 512 < 10 * 1024**2  # the hole stayed a hole
+    # an independent reader agrees (GNU tar), and the member's bytes are where they belong
+    listing = subprocess.run(["tar", "tvf", str(out)], capture_output=True, text=True, check=True).stdout
+    assert str(big) in listing and "a.mf" in listing
+    with tarfile.open(out) as tar:
+        member = tar.getmember("a-disk001.vmdk")
+        assert member.size == big and not member.pax_headers
+        with out.open("rb") as handle:
+            handle.seek(member.offset_data)
+            assert handle.read(4) == b"head"
+            handle.seek(member.offset_data + big - 4)
+            assert handle.read(4) == b"tail"
+        assert tar.extractfile("a.mf").read() == mf.read_bytes()
+
+
+def test_export_writes_only_ustar_headers(exported):
+    headers = raw_tar_headers(exported["out"] / "test-workshop-1.2.ova")
+    assert {flag for _, flag, _ in headers} == {b"0"}
+
+
+def test_licence_and_instructor_key_travel_into_the_ova(exported, tmp_path):
+    """With license_file: a EulaSection holding its text; with vm.instructor_ssh_key: the
+    ssh forward, still on the host address."""
+    root = exported["root"]
+    (root / "LICENSE-WORKSHOP.txt").write_text("Use these notebooks for learning.\n", encoding="utf-8")
+    data = dict(WORKSHOP, license_file="LICENSE-WORKSHOP.txt",
+                vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA instructor"))
+    config = root / "workshop-licensed.yml"
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    out = tmp_path / "dist"
+    result = run_appliance("export", "--config", str(config), "--disk", str(exported["disk"]),
+                           "--provider", "qemu", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(out / "test-workshop-1.2.ova") as tar:
+        root_el = ET.fromstring(tar.extractfile("test-workshop-1.2.ovf").read())
+    system = root_el.find("ovf:VirtualSystem", NS)
+    assert system.find("ovf:EulaSection/ovf:License", NS).text == "Use these notebooks for learning."
+    nat = system.find("vbox:Machine/ovf:Hardware/ovf:Network/ovf:Adapter/ovf:NAT", NS)
+    rules = {f.get("name"): f for f in nat.findall("ovf:Forwarding", NS)}
+    assert set(rules) == {"jupyter", "tensorboard", "ssh"}
+    assert (rules["ssh"].get("hostip"), rules["ssh"].get("hostport"), rules["ssh"].get("guestport")) == \
+        ("127.0.0.1", "12222", "22")
+
+
+def test_an_unreadable_licence_file_is_one_line_and_writes_nothing(exported, tmp_path, appliance_cli):
+    root = exported["root"]
+    (root / "LICENSE-BINARY.txt").write_bytes(b"\xff\xfe\x00binary")
+    for name in ("LICENSE-BINARY.txt", "NO-SUCH-LICENSE.txt"):
+        config = root / f"workshop-{name}.yml"
+        config.write_text(yaml.safe_dump(dict(WORKSHOP, license_file=name)), encoding="utf-8")
+        out = tmp_path / name
+        result = appliance_cli("export", "--config", str(config), "--disk", str(exported["disk"]),
+                               "--provider", "qemu", "--out", str(out))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and name in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists()
 
 
 def test_vboxmanage_export_command_line(repo_root):
@@ -190,6 +303,25 @@ def test_vboxmanage_leaves_out_empty_fields(tmp_path):
     argv = vbox.export_argv(workshop, "vm", tmp_path / "x.ova")
     assert "--vendor" not in argv and "--producturl" not in argv and "--description" not in argv
     assert argv[argv.index("--product") + 1] == "Test Workshop"
+
+
+def test_virtualbox_path_turns_off_host_loopback_and_the_ssh_forward(tmp_path):
+    root = make_checkout(tmp_path / "c", installers=False)
+    workshop = load_config(root / "workshop.yml").workshop
+    info = 'name="x"\nForwarding(0)="jupyter,tcp,127.0.0.1,18888,,18888"\nForwarding(1)="ssh,tcp,127.0.0.1,12222,,22"\n'
+    rules = vbox.parse_forwarding_rules(info)
+    assert rules == ["jupyter", "ssh"]
+    assert vbox.prepare_argvs(workshop, "vm", rules) == [
+        ["VBoxManage", "modifyvm", "vm", "--nat-localhostreachable1", "off"],
+        ["VBoxManage", "modifyvm", "vm", "--natpf1", "delete", "ssh"],
+    ]
+    # no ssh rule left to delete: only the loopback setting
+    assert vbox.prepare_argvs(workshop, "vm", ["jupyter"]) == [
+        ["VBoxManage", "modifyvm", "vm", "--nat-localhostreachable1", "off"]]
+    data = dict(WORKSHOP, vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA i"))
+    keyed = make_checkout(tmp_path / "k", installers=False, workshop=data)
+    assert vbox.prepare_argvs(load_config(keyed / "workshop.yml").workshop, "vm", rules) == [
+        ["VBoxManage", "modifyvm", "vm", "--nat-localhostreachable1", "off"]]
 
 
 def test_vagrant_vm_id_is_read_from_the_checkout(tmp_path):

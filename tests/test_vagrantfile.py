@@ -96,7 +96,9 @@ load ARGV[0]
     assert 'set name "dl-workshop-2026.11"' in out
     assert "set memory 4096" in out and "set cpus 2" in out
     assert 'customize [["modifyvm", :id, "--audio-enabled", "off"]]' in out
-    assert 'customize [["modifyvm", :id, "--nat-localhostreachable1", "on"]]' in out
+    # the guest never reaches the host's 127.0.0.1
+    assert 'customize [["modifyvm", :id, "--nat-localhostreachable1", "off"]]' in out
+    assert '"--nat-localhostreachable1", "on"' not in out
     assert 'customize [["modifyvm", :id, "--vram", "16"]]' in out
     assert "provider virtualbox" in out and "provider libvirt" in out
     provisions = {line.split()[1]: line for line in out.splitlines() if line.startswith("provision ")}
@@ -170,10 +172,16 @@ def test_export_dry_run_seals_the_vagrant_vm_before_vboxmanage_export(appliance_
         f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'} vagrant provision --provision-with finalize",
         f"WORKSHOP_CONFIG={repo_root / 'workshop.yml'} vagrant halt",
     ]
-    assert lines[3].startswith("VBoxManage export ") and "--ovf20" in lines[3] and "--options manifest,nomacs" in lines[3]
-    assert lines[4].endswith(f"{tmp_path / 'dl-workshop-2026.11.ova'}")
+    # before the export: no host loopback for the guest, no ssh forward (no instructor key)
+    vm = "'<id from .vagrant/machines/default/virtualbox/id>'"
+    assert lines[3] == f"VBoxManage modifyvm {vm} --nat-localhostreachable1 off"
+    assert lines[4] == f"VBoxManage modifyvm {vm} --natpf1 delete ssh"
+    assert lines[5].startswith("VBoxManage export ") and "--ovf20" in lines[5] and "--options manifest,nomacs" in lines[5]
+    assert "--eulafile" not in lines[5]  # no license_file in workshop.yml: no licence to accept
+    assert lines[6].endswith(f"{tmp_path / 'dl-workshop-2026.11.ova'}")
     unsealed = appliance_cli("export", "--provider", "virtualbox", "--dry-run", "--no-finalize", "--out", str(tmp_path))
-    assert unsealed.stdout.splitlines()[0].startswith("VBoxManage export ")
+    assert unsealed.stdout.splitlines()[0].startswith("VBoxManage modifyvm ")
+    assert unsealed.stdout.splitlines()[2].startswith("VBoxManage export ")
 
 
 def test_export_dry_run_qemu_seals_the_build_disk_only(appliance_cli, repo_root, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from appliance import ova, vbox
 from appliance.config import LoadedConfig, load_config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.paths import REPO_ROOT, config_path, dist_dir
 from appliance.vm.qemu import built_disk_path
 
@@ -37,10 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _eula(loaded: LoadedConfig) -> str:
-    """EULA.txt next to workshop.yml, if the organizers wrote one."""
-    path = loaded.root / "EULA.txt"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else ova.DEFAULT_EULA
+def _eula(loaded: LoadedConfig) -> str | None:
+    """The licence text workshop.yml names (license_file), or None: without one the OVA has
+    no EulaSection, which `VBoxManage import` would otherwise stop at."""
+    name = loaded.workshop.license_file
+    if not name:
+        return None
+    path = loaded.root / name
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"license_file {name}: cannot be read as UTF-8 text ({exc.__class__.__name__}); "
+                             "fix the path in workshop.yml") from None
+    if not text:
+        raise ConfigError(f"license_file {name}: is empty; write the licence text or drop license_file")
+    return text
 
 
 def _say(message: str) -> None:
@@ -49,6 +60,7 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
+    eula = _eula(loaded)  # read first: a bad licence file fails before any sealing
     out_dir = args.out or dist_dir(loaded.root)
     provider = args.provider
     vm_id = vbox.vagrant_vm_id(REPO_ROOT)  # Vagrant runs in the repository (vagrant_driver)
@@ -59,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             print(command)
         return 0
     if provider == "virtualbox":
-        return _export_virtualbox(loaded, out_dir, vm_id, finalize=not args.no_finalize)
+        return _export_virtualbox(loaded, out_dir, vm_id, eula, finalize=not args.no_finalize)
 
     disk = args.disk or built_disk_path(loaded)
     if not disk.is_file():
@@ -73,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         _say("sealing the built VM first (provision/finalize.yml)")
         sealed = qemu_build.finalize(loaded, disk, log=_say)
         _say(f"sealed in {sealed.report.total_seconds:.0f} s (boot to ssh {sealed.boot_seconds:.0f} s)")
-    settings = ova.settings_from_workshop(loaded.workshop, eula=_eula(loaded), firmware=args.firmware.upper())
+    settings = ova.settings_from_workshop(loaded.workshop, eula=eula, firmware=args.firmware.upper())
     result = ova.export_qemu(settings, disk, out_dir, _say)
     _report(result.ova, result.ova_size, result.seconds, result.disk)
     return 0
@@ -87,9 +99,13 @@ def planned_commands(loaded: LoadedConfig, provider: str, args: argparse.Namespa
         from appliance.vm import vagrant_driver
 
         commands = [] if args.no_finalize else vagrant_driver.planned_finalize_commands(loaded)
-        argv = vbox.export_argv(loaded.workshop, vm_id or "<id from .vagrant/machines/default/virtualbox/id>",
-                                out_dir / ".export-XXXX" / final.name, eula_file=out_dir / ".export-XXXX" / "EULA.txt")
-        return [*commands, shlex.join(argv), f"mv {out_dir}/.export-XXXX/{final.name} {final}"]
+        vm = vm_id or "<id from .vagrant/machines/default/virtualbox/id>"
+        eula = out_dir / ".export-XXXX" / "EULA.txt" if loaded.workshop.license_file else None
+        # The ssh forward is listed as present: --dry-run does not ask VirtualBox which rules exist.
+        prepare = vbox.prepare_argvs(loaded.workshop, vm, ["ssh"])
+        argv = vbox.export_argv(loaded.workshop, vm, out_dir / ".export-XXXX" / final.name, eula_file=eula)
+        return [*commands, *map(shlex.join, prepare), shlex.join(argv),
+                f"mv {out_dir}/.export-XXXX/{final.name} {final}"]
     disk = args.disk or built_disk_path(loaded)
     commands = []
     if args.disk is None and not args.no_finalize:
@@ -100,11 +116,12 @@ def planned_commands(loaded: LoadedConfig, provider: str, args: argparse.Namespa
     _, vmdk, _ = ova.artifact_names(loaded.workshop.artifact_name)
     commands.append(shlex.join(["qemu-img", "convert", "-p", "-O", "vmdk", "-o", "subformat=streamOptimized",
                                 str(disk), str(out_dir / ".export-XXXX" / vmdk)]))
-    commands.append(f"(OVF + SHA-256 manifest written) -> pax tar, .ovf first -> {final} and {final.name}.sha256")
+    commands.append(f"(OVF + SHA-256 manifest written) -> ustar tar, .ovf first -> {final} and {final.name}.sha256")
     return commands
 
 
-def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None, finalize: bool) -> int:
+def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None, eula_text: str | None,
+                       finalize: bool) -> int:
     program = vbox.vboxmanage()
     if program is None:
         raise ApplianceError("VBoxManage is not on PATH; install VirtualBox or use --provider qemu --disk PATH")
@@ -118,13 +135,16 @@ def _export_virtualbox(loaded: LoadedConfig, out_dir: Path, vm_id: str | None, f
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{loaded.workshop.artifact_name}.ova"
     started = time.monotonic()
+    for argv in vbox.prepare_argvs(loaded.workshop, vm_id, vbox.forwarding_rules(program, vm_id), program):
+        vbox.run(argv)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as work:
-        eula = Path(work) / "EULA.txt"
-        eula.write_text(_eula(loaded) + "\n", encoding="utf-8")
+        eula = Path(work) / "EULA.txt" if eula_text else None
+        if eula is not None:
+            eula.write_text(f"{eula_text}\n", encoding="utf-8")
         partial = Path(work) / final.name
         argv = vbox.export_argv(loaded.workshop, vm_id, partial, program=program, eula_file=eula)
         _say("running " + " ".join(argv[:3]) + " ...")
-        vbox.run_export(argv)
+        vbox.run(argv)
         digest = ova.sha256_file(partial)
         os.replace(partial, final)
     ova.write_sha256_file(final, digest)
