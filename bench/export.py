@@ -67,7 +67,7 @@ def bench_export(disk: Path, work: Path) -> Path:
     settings = ova.settings_from_workshop(config.workshop)
     result = ova.export_qemu(settings, disk, work / "dist", lambda message: None)
     info = result.disk
-    print("== export (qemu-img streamOptimized VMDK + OVF + manifest, pax tar)")
+    print("== export (qemu-img streamOptimized VMDK + OVF + manifest, ustar tar)")
     print(f"raw (virtual) disk size     {mb(info.virtual_size)}")
     print(f"disk image file on host     {mb(info.file_size)}")
     print(f"data in the guest disk      {mb(info.data_bytes)}")

@@ -91,6 +91,8 @@ def kernel_has(filesystem: str) -> bool:
 # on-disk formats: fusefat for FAT32, exfat-fuse for exFAT. fsname names the device in
 # /proc/self/mountinfo, as a kernel mount would.
 def mount_command(filesystem: str, device: str, mount_point: Path) -> list[str]:
+    if filesystem == "ext4":  # a drive that can hold symbolic links
+        return ["mount", "-t", "ext4", device, str(mount_point)]
     if filesystem == "fat32":
         if kernel_has("vfat"):
             return ["mount", "-t", "vfat", device, str(mount_point)]
@@ -139,7 +141,7 @@ class LoopDrive:
 
 @contextmanager
 def loop_drives(directory: Path, specs: list[tuple[str, int]]):
-    """Loop-backed drives, formatted and mounted: specs are (fat32|exfat, size in MB)."""
+    """Loop-backed drives, formatted and mounted: specs are (fat32|exfat|ext4, size in MB)."""
     drives: list[LoopDrive] = []
     try:
         for index, (filesystem, size_mb) in enumerate(specs):
@@ -151,6 +153,8 @@ def loop_drives(directory: Path, specs: list[tuple[str, int]]):
             drives.append(drive)
             if filesystem == "fat32":
                 subprocess.run(["mkfs.vfat", "-F", "32", "-n", f"WORKSHOP{index}", device], check=True, capture_output=True)
+            elif filesystem == "ext4":
+                subprocess.run(["mkfs.ext4", "-q", "-F", device], check=True, capture_output=True)
             else:
                 subprocess.run(["mkfs.exfat", "-L", f"WORKSHOP{index}", device], check=True, capture_output=True)
             drive.mount_point.mkdir()

@@ -4,6 +4,7 @@ that fails mid-write, a re-run, targets on the system disk)."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -42,15 +43,24 @@ def small_ova(tmp_path) -> Path:
 
 # --- build -------------------------------------------------------------------------------
 
+def page_text(page: str) -> str:
+    """What a browser shows of index.html."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
 def test_build_lays_out_the_image_with_checksums_and_guide(appliance_cli, checkout, small_ova, tmp_path):
-    token = tmp_path / "token"
+    # A token the build made lies in the cache: it must not reach the guide (each imported copy
+    # makes its own).
+    token = checkout / "cache" / "vm" / "test-workshop-1.2" / "jupyter-token"
+    token.parent.mkdir(parents=True)
     token.write_text("s3cr3t-t0ken\n")
     out = tmp_path / "image"
-    result = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M", "--filesystem", "fat32",
-                   "--token-file", str(token))
+    result = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M", "--filesystem", "fat32")
     assert result.returncode == 0, result.stderr
     assert re.search(r"wrote .*image: \d+ files, [\d.]+ GB", result.stdout)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert layout.MARKER_NAME in files  # marks the folder as one a later build may replace
+    files.remove(layout.MARKER_NAME)
     assert "test-workshop-1.2.ova" in files
     assert {"index.html", "README.txt", "SHA256SUMS"} <= set(files)
     installers = [f for f in files if f.startswith("virtualbox/")]
@@ -71,15 +81,87 @@ def test_build_lays_out_the_image_with_checksums_and_guide(appliance_cli, checko
 
     readme = (out / "README.txt").read_text()
     page = (out / "index.html").read_text()
-    for text in (readme, page):
+    for text in (readme, page_text(page)):
         assert "http://localhost:18888/" in text
-        assert "s3cr3t-t0ken" in text
+        assert "s3cr3t-t0ken" not in text
+        # where each participant reads the token of their own copy
+        assert "makes its own token" in text and "VirtualBox window" in text and "login message" in text
         assert "Import Appliance" in text
+        # no licence in workshop.yml: the plain import works (an --eula form would confuse)
+        assert "VBoxManage import test-workshop-1.2.ova" in text and "--eula" not in text
         assert "VT-x" in text and "Hyper-V" in text and "WSL2" in text
         assert "Apple Silicon" in text and "local mode" in text.lower()
         assert "already in use" in text
         assert "VirtualBox-7.2.20-175154-Win.exe" in text
     assert page.startswith("<!DOCTYPE html>") and '<a href="http://localhost:18888/">' in page
+
+
+def test_guide_with_a_licence_and_a_password(appliance_cli, tmp_path, small_ova):
+    from shiphelpers import WORKSHOP
+    data = dict(WORKSHOP, license_file="LICENSE.txt",
+                jupyter={"password_hash": "argon2:$argon2id$v=19$m=10240,t=10,p=8$abc$def"})
+    root = make_checkout(tmp_path / "c", installers=False, workshop=data)
+    (root / "LICENSE.txt").write_text("For learning only.\n")
+    out = tmp_path / "image"
+    result = build(appliance_cli, root, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 0, result.stderr
+    for text in ((out / "README.txt").read_text(), page_text((out / "index.html").read_text())):
+        assert "VBoxManage import test-workshop-1.2.ova --vsys 0 --eula accept" in text
+        assert "accept the licence" in text
+        assert "organizers give it to you" in text and "makes its own token" not in text
+
+
+# --- build --out: what may be replaced ------------------------------------------------------
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_build_refuses_a_folder_it_did_not_make(appliance_cli, checkout, small_ova, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("four years of work\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--force" in result.stderr and "Traceback" not in result.stderr
+    assert tree(out) == {"thesis.txt": b"four years of work\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside it either
+    # a file is never replaced, not even with --force
+    paper = tmp_path / "paper.txt"
+    paper.write_text("draft\n")
+    result = build(appliance_cli, checkout, small_ova, paper, "--drive-size", "64M", "--force")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and paper.read_text() == "draft\n"
+    # --force replaces the folder as asked
+    forced = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not (out / "thesis.txt").exists() and (out / "SHA256SUMS").is_file()
+
+
+def test_build_replaces_its_own_earlier_image(appliance_cli, checkout, small_ova, tmp_path):
+    out = tmp_path / "image"
+    assert build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M").returncode == 0
+    (out / "README.txt").write_text("stale\n")
+    # a folder named like the tool's old temporary names is someone else's: kept
+    for name in ("image.partial", "image.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text("mine\n")
+    again = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M")
+    assert again.returncode == 0, again.stderr
+    assert (out / "README.txt").read_text() != "stale\n"
+    for name in ("image.partial", "image.old"):
+        assert (tmp_path / name / "keep.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("place", ["/", "HOME", "CHECKOUT", "ABOVE"])
+def test_build_never_replaces_the_root_home_or_the_checkout(appliance_cli, checkout, small_ova, tmp_path, place):
+    target = {"/": "/", "HOME": str(Path.home()), "CHECKOUT": str(checkout), "ABOVE": str(checkout.parent)}[place]
+    result = build(appliance_cli, checkout, small_ova, Path(target), "--drive-size", "64M", "--force")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"appliance: error: --out {target}:")
+    assert (checkout / "workshop.yml").is_file()
 
 
 def test_build_reports_missing_installers(appliance_cli, tmp_path, small_ova):
@@ -210,6 +292,58 @@ def test_three_drives_at_once_fat32_and_exfat_then_rerun_skips(appliance_cli, im
         assert again.returncode == 0, again.stdout + again.stderr
         for row in table_rows(again.stdout).values():
             assert row[1] == "ok" and int(row[2]) == 0 and int(row[3]) == total, row
+
+
+@pytest.mark.thumbdrive
+@pytest.mark.skipif(LOOP_REASON is not None, reason=str(LOOP_REASON))
+def test_a_file_changed_with_its_old_mtime_is_copied_again(appliance_cli, image, tmp_path):
+    """Nothing on the drive is trusted on a re-run: not a stamp file, not an mtime."""
+    with loop_drives(tmp_path, [("exfat", 64)]) as drives:
+        point = drives[0].mount_point
+        assert write(appliance_cli, image, point).returncode == 0
+        readme = point / "README.txt"
+        before = readme.stat()
+        data = bytearray(readme.read_bytes())
+        data[10] ^= 0x20
+        readme.write_bytes(bytes(data))
+        os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))
+        # a forged record of "verified" files, as the old writer kept on the drive
+        (point / ".workshop-verified.json").write_text('{"files": {}}')
+        drives[0].drop_caches()
+        assert not drive_matches_image(image, point)
+        again = write(appliance_cli, image, point)
+        assert again.returncode == 0, again.stdout + again.stderr
+        row = table_rows(again.stdout)[str(point)]
+        total = len(checksums.read_sums(image)) + 1
+        assert row[1:4] == ["ok", "1", str(total - 1)], row
+        drives[0].drop_caches()
+        assert drive_matches_image(image, point)
+
+
+@pytest.mark.thumbdrive
+@pytest.mark.skipif(LOOP_REASON is not None, reason=str(LOOP_REASON))
+def test_a_symbolic_link_on_the_drive_is_never_followed(appliance_cli, image, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours\n")
+    with loop_drives(tmp_path, [("ext4", 64)]) as drives:
+        point = drives[0].mount_point
+        (point / "local-mode").symlink_to(outside)          # a folder of the image
+        (point / "README.txt").symlink_to(victim)           # a file of the image
+        result = write(appliance_cli, image, point)
+        assert result.returncode == 1
+        row = table_rows(result.stdout)[str(point)]
+        assert row[1] == "failed" and "symbolic link" in row[5] and "local-mode" in row[5], row
+        assert list(outside.iterdir()) == []
+        assert victim.read_text() == "not yours\n"
+        (point / "local-mode").unlink()
+        fixed = write(appliance_cli, image, point)
+        assert fixed.returncode == 0, fixed.stdout
+        assert list(outside.iterdir()) == [] and victim.read_text() == "not yours\n"
+        # the file link was replaced by the file itself, never written through
+        assert not (point / "README.txt").is_symlink()
+        assert drive_matches_image(image, point)
 
 
 def _flip_byte_in_backing_file(backing: Path, needle: bytes) -> None:

@@ -9,7 +9,6 @@ from appliance.config import load_config
 from appliance.errors import ApplianceError
 from appliance.paths import config_path
 from appliance.thumbdrive import layout, targets, write
-from appliance.vm.cachepaths import jupyter_token_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--drive-size", default="16G", help="the smallest drive it must fit, e.g. 16G (default), 32GB")
     build.add_argument("--filesystem", choices=("fat32", "exfat"), default="exfat",
                        help="how the drives are formatted; FAT32 cannot hold files of 4 GiB or more (default exfat)")
-    build.add_argument("--token-file", type=Path,
-                       help="file holding the Jupyter token to print in the guide "
-                       "(default: cache/vm/<name>-<version>/jupyter-token, made by `appliance build`, when it exists)")
+    build.add_argument("--force", action="store_true",
+                       help="replace --out even when it is a folder an earlier build did not make")
     build.set_defaults(run=run_build)
 
     wr = actions.add_parser("write", help="copy the image to mounted drives at once, then verify every file")
@@ -35,21 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     wr.add_argument("--force", action="store_true",
                     help="write even to a target that is not a removable or loop-backed drive")
     wr.add_argument("--verify-only", action="store_true", help="copy nothing; re-read and check every file")
-    wr.add_argument("--reverify", action="store_true", help="ignore the drives' record of verified files")
     wr.set_defaults(run=run_write)
 
 
 def run_build(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     ova = args.ova or layout.default_ova(loaded)
-    out = args.out or layout.default_out(loaded)
-    token_file = args.token_file or jupyter_token_path(loaded)
-    secret = token_file.read_text(encoding="utf-8").strip() if token_file.is_file() else None
-    if args.token_file and secret is None:
-        raise ApplianceError(f"{args.token_file}: not found; give the file with the Jupyter token")
+    out = layout.check_out_folder(args.out or layout.default_out(loaded), args.force,
+                                  protected=[loaded.root, loaded.path.parent, ova])
     drive_size = layout.parse_size(args.drive_size)
 
-    plan = layout.plan_image(loaded, ova, secret)
+    plan = layout.plan_image(loaded, ova)
     needed = layout.check_fits(plan, drive_size, args.filesystem)
     for missing in plan.missing:
         print(f"thumbdrive: missing: {missing}")
@@ -70,7 +64,7 @@ def run_write(args: argparse.Namespace) -> int:
     devices = [t.st_dev for t in checked]
     if len(set(devices)) != len(devices):
         raise ApplianceError("two targets are on the same drive; give each drive once")
-    states = write.write_drives(image, checked, verify_only=args.verify_only, reverify=args.reverify,
+    states = write.write_drives(image, checked, verify_only=args.verify_only,
                                 say=lambda line: print(line, flush=True))
     print(write.format_table(states))
     failed = [s for s in states if s.status != "ok"]

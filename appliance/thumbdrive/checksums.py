@@ -5,21 +5,26 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 4 * 1024 * 1024
 
 
-def sha256_file(path: Path, drop_cache: bool = False) -> str:
-    """Hash a file; with drop_cache the cached pages are dropped first, so the bytes come
-    from the device and not from what was just written."""
+def sha256_handle(handle: BinaryIO, drop_cache: bool = False) -> str:
+    """Hash an open file; with drop_cache the cached pages are dropped first, so the bytes
+    come from the device and not from what was just written."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        if drop_cache:
-            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
+    if drop_cache:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path, drop_cache: bool = False) -> str:
+    with path.open("rb") as handle:
+        return sha256_handle(handle, drop_cache)
 
 
 def format_sums(entries: dict[str, str]) -> str:

@@ -14,7 +14,6 @@ class GuideFacts:
     workshop: Workshop
     ova_name: str
     installers: dict[str, str]          # platform -> file name under virtualbox/
-    secret: str | None                  # the Jupyter token, when the build made one
 
     @property
     def url(self) -> str:
@@ -34,12 +33,29 @@ PLATFORM_LABELS = {
 
 def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
     w = facts.workshop
-    if facts.secret:
-        login = f"Jupyter asks for a token: type  {facts.secret}"
-    elif w.jupyter.password_hash:
-        login = "Jupyter asks for the workshop password: the organizers tell you it on the day."
+    # No copy shares a secret with another: each imported machine makes its own token at
+    # first boot and shows it on its console, so the guide says where to read it.
+    if w.jupyter.password_hash:
+        login = ["Jupyter asks for the workshop password: the organizers give it to you on the day."]
     else:
-        login = "Jupyter asks for a token: the organizers tell you it on the day."
+        login = [
+            "Jupyter asks for a token. Your machine makes its own token when it first starts and shows it "
+            "in its VirtualBox window, the console screen above the login prompt (no need to log in). "
+            "Type it exactly as shown there.",
+            "The same token is in the login message when you log in on the console; every participant's "
+            "machine has a different one.",
+        ]
+    if w.license_file:
+        importing = [
+            "In VirtualBox: File > Import Appliance..., choose the .ova file, keep the settings, click "
+            "Next, read and accept the licence, click Finish.",
+            f"From a terminal instead:  VBoxManage import {facts.ova_name} --vsys 0 --eula accept",
+        ]
+    else:
+        importing = [
+            "In VirtualBox: File > Import Appliance..., choose the .ova file, keep the settings, click Finish.",
+            f"From a terminal instead:  VBoxManage import {facts.ova_name}",
+        ]
     installers = [f"{PLATFORM_LABELS.get(p, p)}: virtualbox/{name}" for p, name in sorted(facts.installers.items())]
     if not installers:
         installers = ["Download VirtualBox from https://www.virtualbox.org/wiki/Downloads"]
@@ -55,13 +71,14 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
         ]),
         ("2. Import the workshop machine", [
             f"Copy {facts.ova_name} from this drive to your disk first, so other participants can use the drive.",
-            "In VirtualBox: File > Import Appliance..., choose the .ova file, keep the settings, click Finish.",
+            *importing,
             f"The machine gets {w.vm.memory_mb} MB of memory and {w.vm.cpus} CPUs; your computer needs a bit more than that free.",
-            "Select the machine and click Start. Wait about a minute for it to boot; no need to log in.",
+            "Select the machine and click Start. Wait about a minute for it to boot; its window then "
+            "shows the address and (without a workshop password) the Jupyter token.",
         ]),
         ("3. Open the notebooks", [
             f"Open your web browser at {facts.url}",
-            login,
+            *login,
             f"TensorBoard is at http://localhost:{w.ports.tensorboard}/ when a notebook starts it.",
             "Save your work with File > Download in Jupyter before you delete the machine.",
         ]),

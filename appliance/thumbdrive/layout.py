@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,7 +36,16 @@ FS_OVERHEAD = 0.02
 _FAT_BAD = re.compile(r'[<>:"\\|?*\x00-\x1f]')
 _FAT_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 _SKIP_NAMES = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".git", ".DS_Store"}
-STAMP_NAME = ".workshop-verified.json"
+# Written into every image folder this tool makes: only a folder holding it is replaced
+# by a new build without --force. Not listed in SHA256SUMS, so never copied to drives.
+MARKER_NAME = ".workshop-thumbdrive-image"
+_PARTIAL = ".partial-"
+
+
+class OutFolderError(ApplianceError):
+    """--out names a place the image must not replace."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ def default_out(loaded: LoadedConfig) -> Path:
     return dist_dir(loaded.root) / "thumbdrive" / loaded.workshop.artifact_name
 
 
-def plan_image(loaded: LoadedConfig, ova: Path, secret: str | None = None) -> Plan:
+def plan_image(loaded: LoadedConfig, ova: Path) -> Plan:
     root = loaded.root
     plan = Plan()
     if not ova.is_file():
@@ -149,7 +159,7 @@ def plan_image(loaded: LoadedConfig, ova: Path, secret: str | None = None) -> Pl
     else:
         plan.missing.append("local-mode/cache/wheels/ (the offline wheelhouse; run `appliance fetch`)")
 
-    facts = guide.GuideFacts(loaded.workshop, ova.name, installers, secret)
+    facts = guide.GuideFacts(loaded.workshop, ova.name, installers)
     plan.add_content("index.html", guide.index_html(facts).encode("utf-8"))
     plan.add_content("README.txt", guide.readme_text(facts).encode("utf-8"))
     return plan
@@ -189,12 +199,49 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def check_out_folder(out: Path, force: bool, protected: list[Path]) -> Path:
+    """The absolute image folder, or OutFolderError with the one line saying why not.
+
+    A new build replaces the folder: that is only safe for a folder an earlier build made
+    (it holds MARKER_NAME). --force allows any other folder, never the file system root,
+    the home folder or a folder holding the workshop checkout."""
+    target = Path(os.path.abspath(out))
+    if target.parent == target:
+        raise OutFolderError(f"--out {out}: is the root of the file system; give a new folder such as "
+                             "dist/thumbdrive/NAME")
+    if out.is_symlink():
+        raise OutFolderError(f"--out {out}: is a symbolic link; give the real folder")
+    real = target.resolve()
+    for place in [Path.home(), *protected]:
+        place = place.resolve()
+        if real == place or real in place.parents:
+            raise OutFolderError(f"--out {out}: holds {place}; give a new folder such as dist/thumbdrive/NAME")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise OutFolderError(f"--out {out}: is a file, not a folder; give a new folder (the file is kept)")
+    if not (target / MARKER_NAME).is_file() and not force:
+        raise OutFolderError(f"--out {out}: is a folder this tool did not make (no {MARKER_NAME}); give a new "
+                             "folder, or --force to replace it")
+    return target
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Folders an interrupted build left next to out (hidden, marked): never anything else."""
+    for stale in out.parent.glob(f".{out.name}{_PARTIAL}*"):
+        if stale.is_dir() and not stale.is_symlink() and (stale / MARKER_NAME).is_file():
+            shutil.rmtree(stale)
+
+
 def build_image(plan: Plan, out: Path, progress: Progress) -> Path:
-    """Write the image folder under a temporary name, hash everything, then rename."""
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    """Write the image folder under a fresh hidden name, hash everything, then swap it in.
+    Call check_out_folder first: an existing out is replaced."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}", dir=out.parent))
+    os.chmod(partial, 0o755)
+    (partial / MARKER_NAME).write_text("made by `appliance thumbdrive build`; replaced by the next build\n",
+                                       encoding="utf-8")
     sums: dict[str, str] = {}
     done = 0
     for entry in plan.entries:
@@ -211,9 +258,10 @@ def build_image(plan: Plan, out: Path, progress: Progress) -> Path:
             progress(f"{entry.path}: {entry.size / 1e9:.2f} GB hashed ({100 * done // max(plan.total, 1)}% of the image)")
     (partial / checksums.SUMS_NAME).write_text(checksums.format_sums(sums), encoding="utf-8")
     if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
+        # The old image moves aside under a name nothing else uses, then goes; it is marked
+        # (or --force was given), so a stale copy is removed by the next build.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}old-", dir=out.parent))
+        os.rmdir(old)
         os.replace(out, old)
         os.replace(partial, out)
         shutil.rmtree(old)

@@ -2,23 +2,23 @@
 
 Each file is written under a temporary name, fsynced and renamed; then every written file is
 read back with its cached pages dropped (so the bytes come from the drive) and checked
-against SHA256SUMS. A drive records what it verified in a stamp file, so a re-run skips
-those files. A drive that fails (full, I/O error, unmounted) fails alone.
+against SHA256SUMS. Nothing on a drive is trusted: a re-run re-hashes the files already there
+(reading is cheaper than writing) and copies only those that differ. No symbolic link on a
+drive is followed (nofollow). A drive that fails (full, I/O error, unmounted) fails alone.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.thumbdrive import checksums
-from appliance.thumbdrive.layout import STAMP_NAME
+from appliance.thumbdrive import checksums, nofollow
 from appliance.thumbdrive.targets import Target
 
 CHUNK = 4 * 1024 * 1024
@@ -49,6 +49,8 @@ class DriveState:
 
 
 def _reason(exc: OSError) -> str:
+    if isinstance(exc, nofollow.LinkOnDrive):
+        return f"{exc.filename}: {exc.strerror}; remove it from the drive (nothing was written through it)"
     if exc.errno == errno.ENOSPC:
         return "drive full (no space left on device)"
     if exc.errno in (errno.EIO, errno.ENODEV, errno.ENXIO):
@@ -68,86 +70,55 @@ def _still_mounted(state: DriveState) -> None:
         raise DriveFailed("drive disappeared (mount point gone)") from None
 
 
-def _load_stamp(target: Path) -> dict[str, dict]:
-    try:
-        data = json.loads((target / STAMP_NAME).read_text(encoding="utf-8"))
-        return dict(data.get("files", {}))
-    except (OSError, ValueError, AttributeError):
-        return {}
+def _drive_digest(target: Path, rel: str) -> str:
+    with nofollow.open_read(target, rel) as handle:
+        return checksums.sha256_handle(handle, drop_cache=True)
 
 
-def _save_stamp(target: Path, files: dict[str, dict]) -> None:
-    path = target / STAMP_NAME
-    temp = target / (STAMP_NAME + ".partial")
-    with temp.open("w", encoding="utf-8") as handle:
-        json.dump({"files": files}, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def _stamped(stamp: dict[str, dict], rel: str, digest: str, drive_file: Path) -> bool:
-    entry = stamp.get(rel)
-    if not entry or entry.get("sha256") != digest:
-        return False
-    try:
-        st = drive_file.stat()
-    except OSError:
-        return False
-    return st.st_size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (vfat on old kernels) refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def _copy_file(source: Path, dest: Path, state: DriveState) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    # An old copy here is unverified anyway; removing it first means a drive needs room for
-    # the image, not for the image plus the old copy of its biggest file.
-    for stale in (dest, partial):
-        if stale.is_file():
-            stale.unlink()
-    with source.open("rb") as reader, partial.open("wb") as writer:
+def _read_chunks(source: Path, state: DriveState):
+    with source.open("rb") as reader:
         while chunk := reader.read(CHUNK):
-            writer.write(chunk)
             state.done += len(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
-    os.replace(partial, dest)
-    _fsync_dir(dest.parent)
+            yield chunk
 
 
-def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_only: bool = False,
-                reverify: bool = False) -> None:
+def _already_there(target: Path, rel: str, size: int, digest: str, state: DriveState) -> bool:
+    """The drive holds rel with the right bytes (re-read from the device, not remembered)."""
+    st = nofollow.lstat(target, rel)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    same = _drive_digest(target, rel) == digest
+    state.done += size
+    return same
+
+
+def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_only: bool = False) -> None:
     """Fill state with the outcome; never raises for a drive problem."""
     target = state.target.path
     try:
         _still_mounted(state)
-        stamp = {} if reverify else _load_stamp(target)
         sums_digest = checksums.sha256_file(image / checksums.SUMS_NAME)
         wanted = dict(sums)
         wanted[checksums.SUMS_NAME] = sums_digest
+        # SHA256SUMS last: a drive that holds it holds everything it lists.
         files = sorted(wanted, key=lambda rel: (rel == checksums.SUMS_NAME, rel))
-
-        if verify_only:
-            todo_copy: list[str] = []
-            todo_verify = files
-        else:
-            todo_copy = [rel for rel in files if not _stamped(stamp, rel, wanted[rel], target / rel)]
-            todo_verify = list(todo_copy)
-        state.skipped = len(files) - len(todo_verify)
-
         sizes = {rel: (image / rel).stat().st_size for rel in files}
+
+        todo_copy: list[str] = []
+        if not verify_only:
+            state.phase, state.done, state.total = "checking", 0, sum(
+                sizes[rel] for rel in files if (st := nofollow.lstat(target, rel)) and st.st_size == sizes[rel])
+            for rel in files:
+                _still_mounted(state)
+                if _already_there(target, rel, sizes[rel], wanted[rel], state):
+                    state.skipped += 1
+                    state.verified += 1
+                else:
+                    todo_copy.append(rel)
+        todo_verify = files if verify_only else list(todo_copy)
+
         if todo_copy:
-            existing = sum((target / rel).stat().st_size for rel in todo_copy if (target / rel).is_file())
+            existing = sum(st.st_size for rel in todo_copy if (st := nofollow.lstat(target, rel)))
             needed = sum(sizes[rel] for rel in todo_copy) - existing
             fs = os.statvfs(target)
             free = fs.f_bavail * fs.f_frsize
@@ -158,9 +129,8 @@ def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_onl
         state.phase, state.done, state.total = "copying", 0, sum(sizes[rel] for rel in todo_copy)
         for rel in todo_copy:
             _still_mounted(state)
-            stamp.pop(rel, None)
             try:
-                _copy_file(image / rel, target / rel, state)
+                nofollow.write_atomically(target, rel, _read_chunks(image / rel, state))
             except OSError as exc:
                 raise DriveFailed(f"writing {rel}: {_reason(exc)}") from None
             state.copied += 1
@@ -169,21 +139,15 @@ def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_onl
         bad: list[str] = []
         for rel in todo_verify:
             _still_mounted(state)
-            drive_file = target / rel
-            if not drive_file.is_file():
+            if not nofollow.is_regular(target, rel):
                 bad.append(f"{rel} missing")
-                stamp.pop(rel, None)
                 continue
-            got = checksums.sha256_file(drive_file, drop_cache=True)
+            got = _drive_digest(target, rel)
             state.done += sizes[rel]
             if got != wanted[rel]:
                 bad.append(f"{rel} checksum mismatch")
-                stamp.pop(rel, None)
                 continue
-            st = drive_file.stat()
-            stamp[rel] = {"sha256": got, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
             state.verified += 1
-        _save_stamp(target, stamp)
         if bad:
             more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
             raise DriveFailed(f"verification failed: {bad[0]}{more}")
@@ -198,7 +162,7 @@ def write_drive(image: Path, sums: dict[str, str], state: DriveState, verify_onl
 
 def progress_line(state: DriveState) -> str:
     elapsed = max(time.monotonic() - state.started, 1e-6)
-    if state.phase in ("copying", "verifying") and state.total:
+    if state.phase in ("checking", "copying", "verifying") and state.total:
         percent = 100 * state.done // state.total
         return (f"{state.label}: {state.phase} {percent:3d}% ({state.done / 1e9:.2f}/{state.total / 1e9:.2f} GB, "
                 f"{state.done / elapsed / 1e6:.1f} MB/s)")
@@ -207,11 +171,11 @@ def progress_line(state: DriveState) -> str:
     return f"{state.label}: {state.phase}"
 
 
-def write_drives(image: Path, targets: list[Target], verify_only: bool = False, reverify: bool = False,
+def write_drives(image: Path, targets: list[Target], verify_only: bool = False,
                  say: Print = print, interval: float = 2.0) -> list[DriveState]:
     sums = checksums.read_sums(image)
     states = [DriveState(target) for target in targets]
-    threads = [threading.Thread(target=write_drive, args=(image, sums, state, verify_only, reverify),
+    threads = [threading.Thread(target=write_drive, args=(image, sums, state, verify_only),
                                 name=f"drive-{state.target.disk}", daemon=True) for state in states]
     for thread in threads:
         thread.start()
@@ -229,7 +193,7 @@ def write_drives(image: Path, targets: list[Target], verify_only: bool = False, 
             if not thread.is_alive():
                 reported.add(index)
                 if state.status == "ok":
-                    say(f"{state.label}: done: {state.copied} copied, {state.skipped} already verified, "
+                    say(f"{state.label}: done: {state.copied} copied, {state.skipped} already on the drive (re-read), "
                         f"{state.verified} verified in {state.seconds:.0f} s")
                 else:
                     say(f"{state.label}: failed: {state.reason}")
