@@ -250,7 +250,8 @@ def test_licence_and_instructor_key_travel_into_the_ova(exported, tmp_path):
     """With license_file: a EulaSection holding its text; with vm.instructor_ssh_key: the
     ssh forward, still on the host address."""
     root = exported["root"]
-    (root / "LICENSE-WORKSHOP.txt").write_text("Use these notebooks for learning.\n", encoding="utf-8")
+    # a form feed between pages, as in the GPL's text: XML 1.0 cannot carry it as it is
+    (root / "LICENSE-WORKSHOP.txt").write_text("Use these notebooks\f for learning.\n", encoding="utf-8")
     data = dict(WORKSHOP, license_file="LICENSE-WORKSHOP.txt",
                 vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA instructor"))
     config = root / "workshop-licensed.yml"
@@ -262,7 +263,7 @@ def test_licence_and_instructor_key_travel_into_the_ova(exported, tmp_path):
     with tarfile.open(out / "test-workshop-1.2.ova") as tar:
         root_el = ET.fromstring(tar.extractfile("test-workshop-1.2.ovf").read())
     system = root_el.find("ovf:VirtualSystem", NS)
-    assert system.find("ovf:EulaSection/ovf:License", NS).text == "Use these notebooks for learning."
+    assert system.find("ovf:EulaSection/ovf:License", NS).text == "Use these notebooks\n for learning."
     nat = system.find("vbox:Machine/ovf:Hardware/ovf:Network/ovf:Adapter/ovf:NAT", NS)
     rules = {f.get("name"): f for f in nat.findall("ovf:Forwarding", NS)}
     assert set(rules) == {"jupyter", "tensorboard", "ssh"}
@@ -273,7 +274,8 @@ def test_licence_and_instructor_key_travel_into_the_ova(exported, tmp_path):
 def test_an_unreadable_licence_file_is_one_line_and_writes_nothing(exported, tmp_path, appliance_cli):
     root = exported["root"]
     (root / "LICENSE-BINARY.txt").write_bytes(b"\xff\xfe\x00binary")
-    for name in ("LICENSE-BINARY.txt", "NO-SUCH-LICENSE.txt"):
+    (root / "LICENSE-CONTROL.txt").write_bytes(b"text with a bell \x07 in it")
+    for name in ("LICENSE-BINARY.txt", "NO-SUCH-LICENSE.txt", "LICENSE-CONTROL.txt"):
         config = root / f"workshop-{name}.yml"
         config.write_text(yaml.safe_dump(dict(WORKSHOP, license_file=name)), encoding="utf-8")
         out = tmp_path / name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import tempfile
 import time
@@ -48,7 +49,13 @@ def _eula(loaded: LoadedConfig) -> str | None:
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"license_file {name}: cannot be read as UTF-8 text ({exc.__class__.__name__}); "
-                             "fix the path in workshop.yml") from None
+                          "fix the path in workshop.yml") from None
+    # Licence texts (the GPL's) separate pages with form feeds, which XML 1.0 does not allow.
+    text = text.replace("\f", "\n")
+    bad = re.search(r"[\x00-\x08\x0b\x0e-\x1f\x7f]", text)
+    if bad:
+        raise ConfigError(f"license_file {name}: holds the control character {bad.group()!r}, which the OVF "
+                          "cannot carry; remove it")
     if not text:
         raise ConfigError(f"license_file {name}: is empty; write the licence text or drop license_file")
     return text
