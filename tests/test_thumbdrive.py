@@ -132,6 +132,10 @@ def test_build_refuses_a_folder_it_did_not_make(appliance_cli, checkout, small_o
     paper.write_text("draft\n")
     result = build(appliance_cli, checkout, small_ova, paper, "--drive-size", "64M", "--force")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and paper.read_text() == "draft\n"
+    # a folder that cannot be made: one line, not a traceback
+    under_file = build(appliance_cli, checkout, small_ova, paper / "image", "--drive-size", "64M")
+    assert under_file.returncode == 1 and under_file.stderr.count("\n") == 1, under_file.stderr
+    assert "Traceback" not in under_file.stderr and paper.read_text() == "draft\n"
     # --force replaces the folder as asked
     forced = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M", "--force")
     assert forced.returncode == 0, forced.stderr

@@ -47,7 +47,11 @@ def run_build(args: argparse.Namespace) -> int:
     needed = layout.check_fits(plan, drive_size, args.filesystem)
     for missing in plan.missing:
         print(f"thumbdrive: missing: {missing}")
-    image = layout.build_image(plan, out, lambda m: print(f"thumbdrive: {m}", flush=True))
+    try:
+        image = layout.build_image(plan, out, lambda m: print(f"thumbdrive: {m}", flush=True))
+    except OSError as exc:
+        # What was half-written is a marked hidden folder beside out; the next build removes it.
+        raise ApplianceError(f"writing the image to {out}: {exc.strerror or exc} ({exc.filename or out})") from None
     print(f"wrote {image}: {len(plan.entries) + 1} files, {plan.total / 1e9:.2f} GB "
           f"({needed / 1e9:.2f} GB on {args.filesystem}, fits a {drive_size / 1e9:.0f} GB drive)"
           + (f"; {len(plan.missing)} missing (listed above)" if plan.missing else ""))
