@@ -221,14 +221,14 @@ def test_parse_size():
 @pytest.mark.parametrize("target", ["/tmp", "/"])
 def test_write_refuses_the_system_disk(appliance_cli, target):
     result = appliance_cli("thumbdrive", "write", target)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "running system" in result.stderr and "--force" in result.stderr
 
 
 def test_write_refuses_what_is_not_a_directory(appliance_cli, tmp_path):
     result = appliance_cli("thumbdrive", "write", str(tmp_path / "nothing"))
-    assert result.returncode == 1 and "not a directory" in result.stderr
+    assert result.returncode == 2 and "not a directory" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_mountinfo_finds_the_root_mount():
@@ -462,7 +462,7 @@ def test_an_unmounted_drive_is_refused_and_loop_drives_are_accepted(appliance_cl
         drive = drives[0]
         drive.unmount()  # the mount point is now a plain folder on the system disk
         result = write(appliance_cli, image, drive.mount_point)
-        assert result.returncode == 1 and "running system" in result.stderr
+        assert result.returncode == 2 and "running system" in result.stderr
         drive.mount()
         result = write(appliance_cli, image, drive.mount_point)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -557,7 +557,7 @@ def test_a_file_system_without_a_drive_is_refused(appliance_cli, tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(point)], check=True)
     try:
         result = appliance_cli("thumbdrive", "write", str(point))
-        assert result.returncode == 1 and result.stderr.count("\n") == 1
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
         assert "not on a block device" in result.stderr and "--force" in result.stderr
     finally:
         subprocess.run(["umount", str(point)], check=False)

@@ -64,10 +64,10 @@ def run_write(args: argparse.Namespace) -> int:
     if image is None:
         image = layout.default_out(load_config(args.config))
     if not (image / "SHA256SUMS").is_file():
-        raise ApplianceError(f"{image}: no SHA256SUMS; run `appliance thumbdrive build` first or pass --image")
+        raise targets.TargetError(f"{image}: no SHA256SUMS; run `appliance thumbdrive build` first or pass --image")
     devices = [t.st_dev for t in checked]
     if len(set(devices)) != len(devices):
-        raise ApplianceError("two targets are on the same drive; give each drive once")
+        raise targets.TargetError("two targets are on the same drive; give each drive once")
     states = write.write_drives(image, checked, verify_only=args.verify_only,
                                 say=lambda line: print(line, flush=True))
     print(write.format_table(states))

@@ -10,6 +10,12 @@ from pathlib import Path
 from appliance.errors import ApplianceError
 
 
+class TargetError(ApplianceError):
+    """A target the writer refuses: bad input, nothing was written."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Mount:
     device: str        # "major:minor"
@@ -94,31 +100,31 @@ def classify(disk: Path) -> str | None:
 def check_target(path: Path, force: bool = False) -> Target:
     """The target, or ApplianceError with the one-line reason it is refused."""
     if not path.is_dir():
-        raise ApplianceError(f"{path}: not a directory; give the folder where the drive is mounted")
+        raise TargetError(f"{path}: not a directory; give the folder where the drive is mounted")
     if not os.access(path, os.W_OK):
-        raise ApplianceError(f"{path}: not writable; mount the drive writable (or run as its owner)")
+        raise TargetError(f"{path}: not writable; mount the drive writable (or run as its owner)")
     table = mounts()
     mount = mount_of(path, table)
     st_dev = path.stat().st_dev
     if mount is None:
-        raise ApplianceError(f"{path}: no mount found for it in /proc/self/mountinfo")
+        raise TargetError(f"{path}: no mount found for it in /proc/self/mountinfo")
     if force:
         return Target(path, mount, mount.source, "forced", st_dev)
     root_dev = Path("/").stat().st_dev
     if st_dev == root_dev:
-        raise ApplianceError(f"{path}: is on the file system of the running system (/); give a mounted "
+        raise TargetError(f"{path}: is on the file system of the running system (/); give a mounted "
                              "thumb drive (or --force)")
     disk = block_disk(mount.device) or _fuse_block_disk(mount)
     if disk is None:
-        raise ApplianceError(f"{path}: {mount.fstype} at {mount.mount_point} is not on a block device; "
+        raise TargetError(f"{path}: {mount.fstype} at {mount.mount_point} is not on a block device; "
                              "give a mounted thumb drive (or --force)")
     root_mount = mount_of(Path("/"), table)
     root_disk = block_disk(root_mount.device) if root_mount else None
     if root_disk is not None and root_disk == disk:
-        raise ApplianceError(f"{path}: is on {disk.name}, the disk that holds the running system; "
+        raise TargetError(f"{path}: is on {disk.name}, the disk that holds the running system; "
                              "give a thumb drive (or --force)")
     kind = classify(disk)
     if kind is None:
-        raise ApplianceError(f"{path}: {disk.name} is neither removable nor a loop device; "
+        raise TargetError(f"{path}: {disk.name} is neither removable nor a loop device; "
                              "give a mounted thumb drive (or --force if you are sure)")
     return Target(path, mount, disk.name, kind, st_dev)
