@@ -58,7 +58,8 @@ def export_argv(workshop: Workshop, vm: str, output: Path, program: str = "VBoxM
 def prepare_argvs(workshop: Workshop, vm: str, nat_rules: list[str], program: str = "VBoxManage") -> list[list[str]]:
     """`VBoxManage modifyvm` before the export, so the exported machine carries no more than
     a participant needs: the guest must not reach the host's 127.0.0.1 (the build may have
-    turned that on), and no ssh forward unless an instructor key lets someone log in."""
+    turned that on), and no ssh forward unless an instructor key lets someone log in. The
+    build VM loses nothing it needs: Vagrant sets its forwards again on the next `vagrant up`."""
     argvs = [[program, "modifyvm", vm, "--nat-localhostreachable1", "off"]]
     if not workshop.vm.instructor_ssh_key and SSH_RULE in nat_rules:
         argvs.append([program, "modifyvm", vm, "--natpf1", "delete", SSH_RULE])
