@@ -6,9 +6,12 @@ what they may rely on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
@@ -19,8 +22,63 @@ from appliance.validation import fail_at, validate
 from appliance.yamlfile import load_yaml
 
 MIN_MEMORY_MB = 2048
+MAX_MEMORY_MB = 262144  # 256 GiB: more than any laptop; a bigger number is a typo
+MAX_LICENSE_BYTES = 64 * 1024
 # Names end up in file names (OVA, thumb drive), so they stay FAT-safe and portable.
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_SAFE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
+
+# What jupyter_server.auth.passwd() writes: argon2-cffi's encoded hash, or a salted sha1.
+_PASSWORD_HASH = re.compile(
+    r"argon2:\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}"
+    r"|sha1:[0-9a-f]{1,64}:[0-9a-f]{40}"
+)
+SSH_KEY_TYPES = (
+    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+_MAX_SSH_KEY = 16 * 1024
+
+
+def _control_character(value: str) -> str | None:
+    """The first character that breaks a one-line text (control, line or paragraph separator)."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _one_line(value: str) -> str:
+    found = _control_character(value)
+    if found:
+        raise ValueError(
+            f"contains a line break or control character ({found}); write it on one line of plain text "
+            "(it goes into the OVA, systemd units and the guide)"
+        )
+    return value
+
+
+def check_ssh_public_key(value: str) -> str:
+    """One OpenSSH public key line: `<type> <base64> [comment]`, the blob naming the same type."""
+    if "PRIVATE KEY" in value:
+        raise ValueError("this is a private key; give the public key (the one line of the .pub file) and keep the private key secret")
+    if len(value) > _MAX_SSH_KEY or _control_character(value):
+        raise ValueError("must be one line: the contents of the .pub file (e.g. ~/.ssh/id_ed25519.pub)")
+    parts = value.split(maxsplit=2)
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        raise ValueError(
+            f"must start with a key type ({', '.join(SSH_KEY_TYPES[:5])}, sk-...) and the key; "
+            "paste the one line of the .pub file"
+        )
+    kind, blob = parts[0], parts[1]
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the key after {kind!r} is not valid base64; paste the .pub file's line unchanged") from None
+    length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if raw[4 : 4 + length] != kind.encode():
+        raise ValueError(f"the key data is not an {kind} key; paste the .pub file's line unchanged")
+    return value
 
 
 class Strict(BaseModel):
@@ -44,13 +102,18 @@ def _default_boxes() -> dict[str, Boxes]:
 class VM(Strict):
     os: Literal["fedora", "debian"] = "fedora"
     boxes: dict[Literal["fedora", "debian"], Boxes] = Field(default_factory=_default_boxes)
-    memory_mb: StrictInt = Field(default=4096, ge=MIN_MEMORY_MB)
+    memory_mb: StrictInt = Field(default=4096, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     cpus: StrictInt = Field(default=2, ge=1, le=64)
     video_memory_mb: StrictInt = Field(default=16, ge=16, le=256)
     disk_gb: StrictInt = Field(default=20, ge=8, le=2048)
     # An instructor's ssh public key ("ssh-ed25519 AAAA... name"). Only when it is given does the
     # exported appliance forward an ssh port and authorize this key; otherwise no one logs in over ssh.
     instructor_ssh_key: StrictStr | None = None
+
+    @field_validator("instructor_ssh_key")
+    @classmethod
+    def _a_public_key(cls, value: str | None) -> str | None:
+        return None if value is None else check_ssh_public_key(value.strip())
 
     @model_validator(mode="after")
     def _box_for_os(self) -> "VM":
@@ -99,10 +162,10 @@ class Jupyter(Strict):
     @field_validator("password_hash")
     @classmethod
     def _a_hash_not_a_password(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("argon2:", "sha1:")):
+        if value is not None and not _PASSWORD_HASH.fullmatch(value):
             raise ValueError(
-                "must be a hash made by `python -c 'from jupyter_server.auth import passwd; print(passwd())'`, "
-                "never a plain password"
+                "must be a hash made by `python -c 'from jupyter_server.auth import passwd; print(passwd())'` "
+                "(argon2:$argon2id$... or sha1:salt:digest), never a plain password"
             )
         return value
 
@@ -133,15 +196,27 @@ class Workshop(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _SAFE_NAME.match(value):
+        if not _SAFE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} must be lower-case letters, digits, '.', '-' or '_' (it names files)")
         return value
 
     @field_validator("version")
     @classmethod
     def _safe_version(cls, value: str) -> str:
-        if not re.match(r"^[0-9A-Za-z][0-9A-Za-z._-]*$", value):
+        if not _SAFE_VERSION.fullmatch(value):
             raise ValueError(f"{value!r} must be letters, digits, '.', '-' or '_' (it names files)")
+        return value
+
+    @field_validator("title", "description", "vendor", "url")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        return _one_line(value)
+
+    @field_validator("url")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        if value and (not value.startswith(("https://", "http://")) or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not a web address; write https://... or leave it empty")
         return value
 
     @property
@@ -168,8 +243,60 @@ class LoadedConfig(BaseModel):
     def notebooks_dir(self) -> Path:
         return self.root / self.workshop.jupyter.root
 
+    @property
+    def license_path(self) -> Path | None:
+        return None if self.workshop.license_file is None else self.root / self.workshop.license_file
+
     def included_assets(self) -> list:
         return self.manifest.select(self.workshop.assets.include)
+
+
+def _outside(base: Path, relative: str, inside: str) -> str | None:
+    """Why `relative` does not name a place inside `base` (None when it does). Symlinks count
+    where they lead: a link out of the repository is refused like a `..`."""
+    if "\\" in relative or relative[1:2] == ":":
+        return f"{relative!r} is not a relative path with '/'; give a path inside {inside}"
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        return f"{relative!r} is an absolute path; give a path inside {inside}"
+    if ".." in pure.parts:
+        return f"{relative!r} goes up with '..'; give a path inside {inside}"
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base.resolve()):
+        return f"{relative!r} leads to {target} (a symbolic link) outside {inside}; give a path inside it"
+    return None
+
+
+def _check_license(path: Path, lines: dict, root: Path, relative: str) -> None:
+    loc = ("license_file",)
+    problem = _outside(root, relative, f"the repository {root}")
+    if problem:
+        raise fail_at(path, lines, loc, problem)
+    licence = root / relative
+    if not licence.is_file():
+        raise fail_at(path, lines, loc, f"{licence} does not exist; fix the path or add the licence text")
+    size = licence.stat().st_size
+    if size > MAX_LICENSE_BYTES:
+        raise fail_at(path, lines, loc, f"{licence} has {size} bytes, more than {MAX_LICENSE_BYTES // 1024} KiB; shorten it")
+    try:
+        text = licence.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail_at(path, lines, loc, f"{licence} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise fail_at(path, lines, loc, f"cannot read {licence}: {exc.strerror or exc}") from None
+    if any(_control_character(char) for char in text if char not in "\t\n\r\f"):
+        raise fail_at(path, lines, loc, f"{licence} holds binary or control characters; give a plain text file")
+
+
+def network_warnings(workshop: Workshop) -> list[str]:
+    """Settings that are valid but expose the appliance beyond this computer."""
+    address = workshop.ports.host_address
+    if ipaddress.ip_address(address).is_loopback:
+        return []
+    return [
+        f"ports.host_address is {address}: the forwarded Jupyter, TensorBoard and ssh ports are open to other "
+        "machines on the network (anyone who has the token can run code); set it to 127.0.0.1 to keep them on this computer"
+    ]
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -180,6 +307,14 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigError(f"{path}:1: the file must be a mapping of keys (name: ..., version: ...)")
     workshop = validate(Workshop, data, path, lines)
     root = path.resolve().parent
+    repository = f"the repository {root}"
+
+    for loc, relative in ((("assets", "manifest"), workshop.assets.manifest), (("jupyter", "root"), workshop.jupyter.root)):
+        problem = _outside(root, relative, repository)
+        if problem:
+            raise fail_at(path, lines, loc, problem)
+    if workshop.license_file is not None:
+        _check_license(path, lines, root, workshop.license_file)
 
     manifest_path = root / workshop.assets.manifest
     if not manifest_path.is_file():
@@ -195,6 +330,9 @@ def load_config(path: Path) -> LoadedConfig:
 
     notebooks_dir = root / workshop.jupyter.root
     for index, notebook in enumerate(workshop.notebooks):
+        problem = _outside(notebooks_dir, notebook, f"jupyter.root ({notebooks_dir})")
+        if problem:
+            raise fail_at(path, lines, ("notebooks", index), problem)
         if not (notebooks_dir / notebook).is_file():
             raise fail_at(
                 path, lines, ("notebooks", index), f"{notebooks_dir / notebook} does not exist; fix the name or add the notebook"
