@@ -98,17 +98,16 @@ def _line_map(root: yaml.Node, source: Path) -> dict[KeyPath, int]:
 
 def _read_text(path: Path) -> str:
     try:
+        # stat before open: opening a named pipe for reading would wait for a writer forever
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{path}: is a folder, not a YAML file; pass the file's path")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: is not a regular file; pass the path of a YAML file")
         with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise ConfigError(f"{path}: is a folder, not a YAML file; pass the file's path")
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"{path}: is not a regular file; pass the path of a YAML file")
             data = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or pass the right path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a YAML file; pass the file's path") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}; check the path and its permissions") from None
     if len(data) > MAX_BYTES:
