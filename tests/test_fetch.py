@@ -306,9 +306,13 @@ def test_pin_refuses_a_file_that_contradicts_the_existing_hash(appliance_cli, ht
 def test_pin_of_an_unknown_asset_names_it(appliance_cli, httpserver: HTTPServer, tmp_path: Path) -> None:
     config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [httpserver.url_for("/a.bin")]}])
     result = fetch(appliance_cli, config, "--pin", "nope.bin")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "'nope.bin' is not in" in result.stderr
+    for bad in (["--retries", "-1"], ["--timeout", "0"]):
+        wrong = fetch(appliance_cli, config, *bad)
+        assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+        assert wrong.stderr.strip() == f"appliance: error: {bad[0]} must be " + ("0 or more" if bad[0] == "--retries" else "more than 0 seconds")
 
 
 def test_write_pinned_hash_touches_only_that_entry(tmp_path: Path) -> None:

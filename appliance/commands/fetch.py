@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.assets import UNPINNED, FetchOptions, failure_line, fetch_assets
 from appliance.config import LoadedConfig, load_config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, UsageError
 from appliance.manifest import Asset
 from appliance.paths import config_path, lock_file
 from appliance.table import format_table, human_size
@@ -49,7 +49,7 @@ def select_assets(loaded: LoadedConfig, only: list[str] | None, pin: list[str], 
     known = loaded.manifest.by_name()
     for name in [*(only or []), *pin]:
         if name not in known:
-            raise ApplianceError(f"{name!r} is not in {loaded.manifest_path}; check the name (see `appliance fetch --offline`)")
+            raise UsageError(f"{name!r} is not in {loaded.manifest_path}; check the name (see `appliance fetch --offline`)")
     if pin:
         return [known[name] for name in dict.fromkeys(pin)]
     chosen = loaded.included_assets()
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     cache = cache_of(args, loaded)
     assets = select_assets(loaded, args.only, args.pin, args.installers)
     if args.retries < 0:
-        raise ApplianceError("--retries must be 0 or more")
+        raise UsageError("--retries must be 0 or more")
     if not args.timeout > 0:
-        raise ApplianceError("--timeout must be more than 0 seconds")
+        raise UsageError("--timeout must be more than 0 seconds")
     outcomes = fetch_assets(
         assets,
         cache,
