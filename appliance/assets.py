@@ -486,11 +486,10 @@ def failure_line(outcomes: Sequence[Outcome], cache: Path, *, offline: bool) -> 
             f"missing from {cache}: {', '.join(missing)}; run `appliance fetch` where there is internet "
             "or copy the files there"
         )
-    if len(failed) == 1:
-        only = failed[0]
-        details = only.note if only.note.startswith(only.name) else f"{only.name}: {only.note}"
-    else:  # each asset's reason is on its own line above; this line stays short
+    if len(failed) > 1 and not offline:  # fetch logged each asset's reason on its own line
         details = ", ".join(o.name for o in failed) + " (the reason for each is above)"
+    else:
+        details = "; ".join(o.note if o.note.startswith(o.name) else f"{o.name}: {o.note}" for o in failed)
     if failed:
         advice = "delete the files and fetch again" if offline else "check the internet connection, then the URLs and hashes in the manifest"
         parts.append(f"{len(failed)} asset(s) failed: {details} ({advice})")
