@@ -169,6 +169,7 @@ def check_cached(asset: Asset, cache: Path, *, trust_stamp: bool = True) -> Outc
 STALL_BYTES = 16 * 1024
 _PART = re.compile(r"\..+\.[^.]+\.part")  # mkstemp(prefix=".<name>.", suffix=".part")
 LOCK_NAME = ".fetch.lock"
+NO_RESOLVER = "*"  # in FetchOptions.unresolved: no name server answered, so no host is tried
 
 
 class _Unavailable(Exception):
@@ -191,20 +192,23 @@ def _hostname(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-def _name_not_resolved(exc: BaseException) -> bool:
-    """True when the error chain holds a failed DNS lookup (requests wraps it twice)."""
+def _resolution_error(exc: BaseException) -> socket.gaierror | urllib3.exceptions.NameResolutionError | None:
+    """The failed DNS lookup in the error chain, if any (requests wraps it twice)."""
     pending: list[object] = [exc]
     seen: set[int] = set()
+    found = None
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
-            return True
+        if isinstance(current, socket.gaierror):
+            return current
+        if isinstance(current, urllib3.exceptions.NameResolutionError):
+            found = current
         if isinstance(current, BaseException):
             pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
-    return False
+    return found
 
 
 def _short_error(exc: BaseException) -> str:
@@ -263,6 +267,8 @@ def _stream_to(url: str, tmp: Path, asset: Asset, options: FetchOptions, bar: tq
 
 def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions) -> Path:
     """Download url into a hidden temporary file in the cache; retry on network errors."""
+    if NO_RESOLVER in options.unresolved:
+        raise _Unresolved("not tried: name resolution does not work here (see above)")
     if _hostname(url) in options.unresolved:
         raise _Unresolved(f"{_hostname(url)} did not resolve (see above)")
     fd, name = tempfile.mkstemp(dir=cache, prefix=f".{asset.name}.", suffix=".part")
@@ -285,9 +291,15 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
                 if status is not None and status < 500 and status != 429:
                     raise _Unavailable(last) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                if _name_not_resolved(exc):
-                    options.unresolved.add(_hostname(url))
-                    raise _Unresolved(f"{_hostname(url)} does not resolve (no internet, or a wrong host name)") from None
+                failure = _resolution_error(exc)
+                if failure is not None:
+                    host = _hostname(url)
+                    options.unresolved.add(host)
+                    if isinstance(failure, socket.gaierror) and failure.errno == socket.EAI_AGAIN:
+                        # No answer from any name server: no internet; every other host would wait too.
+                        options.unresolved.add(NO_RESOLVER)
+                        raise _Unresolved(f"cannot look up {host}: no name server answers (no internet?)") from None
+                    raise _Unresolved(f"{host} does not resolve (no internet, or a wrong host name)") from None
                 last = _short_error(exc)
             except _Unavailable as exc:
                 last = str(exc)
@@ -311,7 +323,7 @@ def _download_verified(asset: Asset, cache: Path, options: FetchOptions) -> tupl
     """
     problems: list[str] = []
     for url in asset.urls:
-        if not options.show_bars and _hostname(url) not in options.unresolved:
+        if not options.show_bars and not {_hostname(url), NO_RESOLVER} & options.unresolved:
             options.log(f"downloading {asset.name} from {url}")
         try:
             tmp = _download_to_temp(url, asset, cache, options)

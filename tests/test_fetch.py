@@ -13,6 +13,8 @@ import ast
 import hashlib
 import http.server
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -662,3 +664,38 @@ def test_sigterm_during_a_download_cleans_up_like_ctrl_c(tmp_path: Path, repo_ro
     assert "Traceback" not in err
     assert not (cache / "a.bin").exists()
     assert leftovers(cache) == []
+
+
+def _can_replace_resolv_conf() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "mount", "--bind", "/dev/null", "/etc/resolv.conf"], capture_output=True, timeout=20)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_replace_resolv_conf(), reason="needs root and unshare to give fetch a name server that does not answer")
+def test_with_no_name_server_answering_fetch_gives_up_after_one_lookup(tmp_path: Path, repo_root: Path) -> None:
+    """As on a laptop with no network: the resolver cannot be reached (EAI_AGAIN), so after the
+    first lookup no other host is tried."""
+    import sys
+
+    names = ["a.bin", "b.bin", "c.bin"]
+    config = write_workshop(tmp_path, [
+        {"name": name, "urls": [f"https://host-{name[0]}.example.org/{name}"], "hash": f"sha256:{SHA256}"} for name in names
+    ])
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.1\noptions timeout:1 attempts:1\n")  # TEST-NET-1: nobody answers
+    inner = " ".join([sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(tmp_path / "cache")])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {resolv} /etc/resolv.conf && exec {inner}"],
+                            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "retrying" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "downloading a.bin from https://host-a.example.org/a.bin"
+    assert lines[1].startswith("a.bin: cannot look up host-a.example.org: no name server answers (no internet?)")
+    assert lines[2].startswith("b.bin: not tried: name resolution does not work here (see above)")
+    assert lines[3].startswith("c.bin: not tried: name resolution does not work here (see above)")
+    assert lines[4].startswith("appliance: error: 3 asset(s) failed: a.bin, b.bin, c.bin (the reason for each is above)")
+    assert len(lines) == 5
+    assert leftovers(tmp_path / "cache") == []
