@@ -6,11 +6,8 @@ what they may rely on.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
-import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -19,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from appliance.errors import ConfigError
 from appliance.manifest import Manifest, load_manifest
 from appliance.validation import fail_at, validate
+from appliance.values import check_password_hash, check_ssh_public_key, control_character, one_line
 from appliance.yamlfile import load_yaml
 
 MIN_MEMORY_MB = 2048
@@ -27,59 +25,6 @@ MAX_LICENSE_BYTES = 64 * 1024
 # Names end up in file names (OVA, thumb drive), so they stay FAT-safe and portable.
 _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _SAFE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
-
-# What jupyter_server.auth.passwd() writes: argon2-cffi's encoded hash, or a salted sha1.
-_PASSWORD_HASH = re.compile(
-    r"argon2:\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}"
-    r"|sha1:[0-9a-f]{1,64}:[0-9a-f]{40}"
-)
-SSH_KEY_TYPES = (
-    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-)
-_MAX_SSH_KEY = 16 * 1024
-
-
-def _control_character(value: str) -> str | None:
-    """The first character that breaks a one-line text (control, line or paragraph separator)."""
-    for char in value:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-            return f"U+{ord(char):04X}"
-    return None
-
-
-def _one_line(value: str) -> str:
-    found = _control_character(value)
-    if found:
-        raise ValueError(
-            f"contains a line break or control character ({found}); write it on one line of plain text "
-            "(it goes into the OVA, systemd units and the guide)"
-        )
-    return value
-
-
-def check_ssh_public_key(value: str) -> str:
-    """One OpenSSH public key line: `<type> <base64> [comment]`, the blob naming the same type."""
-    if "PRIVATE KEY" in value:
-        raise ValueError("this is a private key; give the public key (the one line of the .pub file) and keep the private key secret")
-    if len(value) > _MAX_SSH_KEY or _control_character(value):
-        raise ValueError("must be one line: the contents of the .pub file (e.g. ~/.ssh/id_ed25519.pub)")
-    parts = value.split(maxsplit=2)
-    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
-        raise ValueError(
-            f"must start with a key type ({', '.join(SSH_KEY_TYPES[:5])}, sk-...) and the key; "
-            "paste the one line of the .pub file"
-        )
-    kind, blob = parts[0], parts[1]
-    try:
-        raw = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"the key after {kind!r} is not valid base64; paste the .pub file's line unchanged") from None
-    length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
-    if raw[4 : 4 + length] != kind.encode():
-        raise ValueError(f"the key data is not an {kind} key; paste the .pub file's line unchanged")
-    return value
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -162,12 +107,7 @@ class Jupyter(Strict):
     @field_validator("password_hash")
     @classmethod
     def _a_hash_not_a_password(cls, value: str | None) -> str | None:
-        if value is not None and not _PASSWORD_HASH.fullmatch(value):
-            raise ValueError(
-                "must be a hash made by `python -c 'from jupyter_server.auth import passwd; print(passwd())'` "
-                "(argon2:$argon2id$... or sha1:salt:digest), never a plain password"
-            )
-        return value
+        return None if value is None else check_password_hash(value)
 
 
 class Assets(Strict):
@@ -210,7 +150,7 @@ class Workshop(Strict):
     @field_validator("title", "description", "vendor", "url")
     @classmethod
     def _single_line(cls, value: str) -> str:
-        return _one_line(value)
+        return one_line(value)
 
     @field_validator("url")
     @classmethod
@@ -284,7 +224,7 @@ def _check_license(path: Path, lines: dict, root: Path, relative: str) -> None:
         raise fail_at(path, lines, loc, f"{licence} is not UTF-8 text; save it as UTF-8") from None
     except OSError as exc:
         raise fail_at(path, lines, loc, f"cannot read {licence}: {exc.strerror or exc}") from None
-    if any(_control_character(char) for char in text if char not in "\t\n\r\f"):
+    if any(control_character(char) for char in text if char not in "\t\n\r\f"):
         raise fail_at(path, lines, loc, f"{licence} holds binary or control characters; give a plain text file")
 
 

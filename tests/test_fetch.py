@@ -3,7 +3,9 @@
 Covers: a good file downloaded, verified and then skipped without any request; a corrupted
 file rejected and not left in the cache; mirror fallback after a 404 and after a truncated
 download; retry after a server error; md5-hashed assets; --offline; --pin rewriting only the
-hash line; and the repository's own manifest.
+hash line; and the repository's own manifest; servers that send more than the declared size,
+drip or go silent; a refused connection; host names that do not resolve and a name server that
+does not answer; stale partial files; one fetch per cache; Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
