@@ -172,6 +172,10 @@ LOCK_NAME = ".fetch.lock"
 NO_RESOLVER = "*"  # in FetchOptions.unresolved: no name server answered, so no host is tried
 
 
+class CacheWriteError(ApplianceError):
+    """The cache cannot take the file (read-only, full): no other asset would fare better."""
+
+
 class _Unavailable(Exception):
     """This URL did not deliver the file (HTTP error, connection lost, truncated, stalled)."""
 
@@ -271,7 +275,10 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
         raise _Unresolved("not tried: name resolution does not work here (see above)")
     if _hostname(url) in options.unresolved:
         raise _Unresolved(f"{_hostname(url)} did not resolve (see above)")
-    fd, name = tempfile.mkstemp(dir=cache, prefix=f".{asset.name}.", suffix=".part")
+    try:
+        fd, name = tempfile.mkstemp(dir=cache, prefix=f".{asset.name}.", suffix=".part")
+    except OSError as exc:
+        raise CacheWriteError(f"cannot write in the cache {cache}: {exc.strerror or exc}; pass --cache DIR") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -304,7 +311,7 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
             except _Unavailable as exc:
                 last = str(exc)
             except OSError as exc:  # after requests' errors, which are OSErrors too
-                raise ApplianceError(f"{asset.name}: cannot write {tmp}: {exc.strerror or exc}; free space or pass --cache DIR") from None
+                raise CacheWriteError(f"{asset.name}: cannot write {tmp}: {exc.strerror or exc}; free space or pass --cache DIR") from None
             if attempt < options.retries:
                 delay = min(2**attempt, 10)
                 options.log(f"  {asset.name}: {last} from {_host(url)}; retrying in {delay} s")
@@ -411,6 +418,8 @@ def fetch_asset(asset: Asset, cache: Path, options: FetchOptions) -> Outcome:
     cache.mkdir(parents=True, exist_ok=True)
     try:
         url, tmp, _sha256 = _download_verified(asset, cache, options)
+    except CacheWriteError:
+        raise
     except ApplianceError as exc:
         options.log(f"{exc}")
         return Outcome(asset.name, FAILED, asset.size, str(exc))
@@ -440,6 +449,8 @@ def pin_asset(asset: Asset, cache: Path, manifest_path: Path, options: FetchOpti
         cache.mkdir(parents=True, exist_ok=True)
         try:
             _url, tmp, sha256 = _download_verified(asset, cache, options)
+        except CacheWriteError:
+            raise
         except ApplianceError as exc:
             options.log(f"{exc}")
             return Outcome(asset.name, FAILED, asset.size, str(exc))

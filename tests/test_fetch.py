@@ -701,3 +701,30 @@ def test_with_no_name_server_answering_fetch_gives_up_after_one_lookup(tmp_path:
     assert lines[4].startswith("appliance: error: 3 asset(s) failed: a.bin, b.bin, c.bin (the reason for each is above)")
     assert len(lines) == 5
     assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_cache_that_cannot_be_written_stops_with_one_line(tmp_path: Path, repo_root: Path, httpserver: HTTPServer) -> None:
+    import sys
+
+    config = write_workshop(tmp_path, [{"name": name, "urls": [httpserver.url_for(f"/{name}")], "hash": f"sha256:{SHA256}"}
+                                       for name in ("a.bin", "b.bin")])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    command = [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)]
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up that capability
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv (util-linux) writes anywhere")
+        command = ["setpriv", "--bounding-set", "-dac_override", *command]
+    try:
+        result = subprocess.run(command, cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                                capture_output=True, text=True, timeout=30)
+    finally:
+        cache.chmod(0o755)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [  # b.bin is not even tried
+        f"downloading a.bin from {httpserver.url_for('/a.bin')}",
+        f"appliance: error: cannot write in the cache {cache}: Permission denied; pass --cache DIR",
+    ]
+    assert list(cache.iterdir()) == [] and len(httpserver.log) == 0
