@@ -23,7 +23,7 @@ from appliance.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
 
-MAX_BYTES = 1 << 20
+MAX_BYTES = 1 << 20  # 1 MiB; the messages say so
 
 try:  # libyaml's parser when present (several times faster); the composer stays ours
     from yaml._yaml import CParser as _Parser
@@ -111,7 +111,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}; check the path and its permissions") from None
     if len(data) > MAX_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_BYTES // 1024} KiB; a workshop file is far smaller, check the path")
+        raise ConfigError(f"{path}: larger than the 1 MiB a workshop file may have; check the path, or shorten the file")
     if b"\0" in data:
         line = data[: data.index(b"\0")].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: binary data (a NUL byte), not YAML text; check the path")

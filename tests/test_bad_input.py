@@ -82,7 +82,7 @@ def test_an_alias_alone_names_its_line(appliance_cli, workdir: Path) -> None:
 def test_file_over_one_mib_is_refused(appliance_cli, workdir: Path) -> None:
     # 50 MB of list items took 153 s and 4 GB; the size is refused before any parsing.
     (workdir / "w.yml").write_text(GOOD_HEAD + "notebooks:\n" + "  - a.ipynb\n" * 120_000)
-    check_fails(appliance_cli, workdir, r"w\.yml: larger than 1024 KiB")
+    check_fails(appliance_cli, workdir, r"w\.yml: larger than the 1 MiB a workshop file may have")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
