@@ -1,4 +1,4 @@
-"""The asset cache: download with pooch, verify by hash, pin new hashes.
+"""The asset cache: download with requests, verify by hash (pooch's hashing), pin new hashes.
 
 Every asset lands in `<cache>/<name>` only after its size and hash were checked: downloads go
 to a hidden temporary name in the same directory and are renamed into place, so a broken or
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pooch
 import requests
+import urllib3
 from tqdm import tqdm
 
 from appliance.errors import ApplianceError
@@ -63,9 +65,11 @@ def _stderr(message: str) -> None:
 @dataclass(frozen=True)
 class FetchOptions:
     retries: int = 3  # extra attempts per URL after a network error (not after a 404 or a bad hash)
-    timeout: float = 60.0  # seconds without data before a connection counts as failed
+    timeout: float = 60.0  # seconds to connect, to wait for data, and to receive STALL_BYTES
     progress: bool | None = None  # tqdm progress bars; None: only when stderr is a terminal
     log: Callable[[str], None] = field(default=_stderr)
+    # Hosts whose names did not resolve in this run: later assets do not ask again.
+    unresolved: set[str] = field(default_factory=set, compare=False)
 
     @property
     def show_bars(self) -> bool:
@@ -160,23 +164,61 @@ def check_cached(asset: Asset, cache: Path, *, trust_stamp: bool = True) -> Outc
 
 # --- downloading -------------------------------------------------------------------------
 
+# A download "makes progress" while at least this much arrives in every `timeout` seconds; a
+# server that drips a byte now and then never trips a read timeout, this catches it.
+STALL_BYTES = 16 * 1024
+_PART = re.compile(r"\..+\.[^.]+\.part")  # mkstemp(prefix=".<name>.", suffix=".part")
+LOCK_NAME = ".fetch.lock"
+NO_RESOLVER = "*"  # in FetchOptions.unresolved: no name server answered, so no host is tried
+
+
+class CacheWriteError(ApplianceError):
+    """The cache cannot take the file (read-only, full): no other asset would fare better."""
+
 
 class _Unavailable(Exception):
-    """This URL did not deliver the file (HTTP error, connection lost, truncated)."""
+    """This URL did not deliver the file (HTTP error, connection lost, truncated, stalled)."""
 
 
 class _Rejected(Exception):
-    """This URL delivered a file with the wrong size or hash."""
+    """This URL delivered (or started to deliver) a file with the wrong size or hash."""
+
+
+class _Unresolved(Exception):
+    """The URL's host name does not resolve: no internet (or a typo); retrying will not help."""
 
 
 def _host(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
+def _hostname(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def _resolution_error(exc: BaseException) -> socket.gaierror | urllib3.exceptions.NameResolutionError | None:
+    """The failed DNS lookup in the error chain, if any (requests wraps it twice)."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    found = None
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return current
+        if isinstance(current, urllib3.exceptions.NameResolutionError):
+            found = current
+        if isinstance(current, BaseException):
+            pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return found
+
+
 def _short_error(exc: BaseException) -> str:
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):
         return "connection closed before the whole file arrived"
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
         return "could not connect"
@@ -184,21 +226,59 @@ def _short_error(exc: BaseException) -> str:
 
 
 @contextmanager
-def _progress(asset: Asset, options: FetchOptions) -> Iterator[tqdm | bool]:
+def _progress(asset: Asset, options: FetchOptions) -> Iterator[tqdm | None]:
     if not options.show_bars:
-        yield False
+        yield None
         return
-    # pooch sets `total` from Content-Length; start non-zero so pooch sees an active bar.
-    bar = tqdm(total=asset.size or 1, desc=asset.name[:40], unit="B", unit_scale=True, ncols=100, file=sys.stderr)
+    bar = tqdm(total=asset.size, desc=asset.name[:40], unit="B", unit_scale=True, ncols=100, file=sys.stderr)
     try:
         yield bar
     finally:
         bar.close()
 
 
+def _stream_to(url: str, tmp: Path, asset: Asset, options: FetchOptions, bar: tqdm | None) -> int:
+    """One attempt: write the body into tmp, stopping past the declared size or when it stalls."""
+    # identity: the bytes on disk are the bytes hashed and counted, never a decompressed stream.
+    headers = {"Accept-Encoding": "identity"}
+    with requests.get(url, stream=True, timeout=(options.timeout, options.timeout), headers=headers) as response:
+        response.raise_for_status()
+        announced = response.headers.get("Content-Length", "")
+        expected = int(announced) if announced.isdigit() else None
+        if asset.size is not None and expected is not None and expected > asset.size:
+            raise _Rejected(f"the server announced {expected} bytes, the manifest declares {asset.size}; nothing downloaded")
+        if bar is not None and expected is not None:
+            bar.total = expected
+        received = mark_bytes = 0
+        mark_time = time.monotonic()
+        with open(tmp, "wb") as out:
+            while chunk := response.raw.read1(CHUNK_SIZE, decode_content=True):
+                received += len(chunk)
+                if asset.size is not None and received > asset.size:
+                    raise _Rejected(f"the server sent more than the {asset.size} bytes the manifest declares; stopped")
+                out.write(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                now = time.monotonic()
+                if received - mark_bytes >= STALL_BYTES:
+                    mark_time, mark_bytes = now, received
+                elif now - mark_time > options.timeout:
+                    raise _Unavailable(f"stalled: less than {STALL_BYTES // 1024} KiB in {options.timeout:g} s")
+        if expected is not None and received < expected:
+            raise _Unavailable("connection closed before the whole file arrived")
+        return received
+
+
 def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions) -> Path:
     """Download url into a hidden temporary file in the cache; retry on network errors."""
-    fd, name = tempfile.mkstemp(dir=cache, prefix=f".{asset.name}.", suffix=".part")
+    if NO_RESOLVER in options.unresolved:
+        raise _Unresolved("not tried: name resolution does not work here (see above)")
+    if _hostname(url) in options.unresolved:
+        raise _Unresolved(f"{_hostname(url)} did not resolve (see above)")
+    try:
+        fd, name = tempfile.mkstemp(dir=cache, prefix=f".{asset.name}.", suffix=".part")
+    except OSError as exc:
+        raise CacheWriteError(f"cannot write in the cache {cache}: {exc.strerror or exc}; pass --cache DIR") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -207,11 +287,9 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
             started = time.monotonic()
             try:
                 with _progress(asset, options) as bar:
-                    downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=CHUNK_SIZE, timeout=options.timeout)
-                    downloader(url, str(tmp), None)
+                    received = _stream_to(url, tmp, asset, options, bar)
                 if not options.show_bars:
-                    elapsed = time.monotonic() - started
-                    options.log(f"  {asset.name}: {tmp.stat().st_size} bytes in {elapsed:.1f} s")
+                    options.log(f"  {asset.name}: {received} bytes in {time.monotonic() - started:.1f} s")
                 return tmp
             except requests.HTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
@@ -219,10 +297,21 @@ def _download_to_temp(url: str, asset: Asset, cache: Path, options: FetchOptions
                 # Client errors (404, 403) will not change on retry; server errors may.
                 if status is not None and status < 500 and status != 429:
                     raise _Unavailable(last) from None
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                failure = _resolution_error(exc)
+                if failure is not None:
+                    host = _hostname(url)
+                    options.unresolved.add(host)
+                    if isinstance(failure, socket.gaierror) and failure.errno == socket.EAI_AGAIN:
+                        # No answer from any name server: no internet; every other host would wait too.
+                        options.unresolved.add(NO_RESOLVER)
+                        raise _Unresolved(f"cannot look up {host}: no name server answers (no internet?)") from None
+                    raise _Unresolved(f"{host} does not resolve (no internet, or a wrong host name)") from None
                 last = _short_error(exc)
+            except _Unavailable as exc:
+                last = str(exc)
             except OSError as exc:  # after requests' errors, which are OSErrors too
-                raise ApplianceError(f"{asset.name}: cannot write {tmp}: {exc.strerror or exc}; free space or pass --cache DIR") from None
+                raise CacheWriteError(f"{asset.name}: cannot write {tmp}: {exc.strerror or exc}; free space or pass --cache DIR") from None
             if attempt < options.retries:
                 delay = min(2**attempt, 10)
                 options.log(f"  {asset.name}: {last} from {_host(url)}; retrying in {delay} s")
@@ -241,12 +330,19 @@ def _download_verified(asset: Asset, cache: Path, options: FetchOptions) -> tupl
     """
     problems: list[str] = []
     for url in asset.urls:
-        if not options.show_bars:
+        if not options.show_bars and not {_hostname(url), NO_RESOLVER} & options.unresolved:
             options.log(f"downloading {asset.name} from {url}")
         try:
             tmp = _download_to_temp(url, asset, cache, options)
+        except _Unresolved as exc:
+            problems.append(str(exc))
+            continue
         except _Unavailable as exc:
             problems.append(f"{url}: {exc}")
+            continue
+        except _Rejected as exc:
+            problems.append(f"{url}: {exc}")
+            options.log(f"  {asset.name}: rejected the file from {_host(url)} ({exc}); deleted the partial file")
             continue
         try:
             problem = _content_problem(tmp, asset)
@@ -263,6 +359,42 @@ def _download_verified(asset: Asset, cache: Path, options: FetchOptions) -> tupl
             raise
         return url, tmp, sha256
     raise ApplianceError(f"{asset.name}: " + "; ".join(problems) + "; nothing was kept")
+
+
+@contextmanager
+def _exclusive(cache: Path) -> Iterator[None]:
+    """One fetch per cache at a time: the temporary files of a running fetch are not stale."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking, and stale files are kept
+        yield
+        return
+    try:
+        handle = open(cache / LOCK_NAME, "a+b")
+    except OSError:
+        yield  # a read-only cache: nothing will be downloaded into it anyway
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ApplianceError(f"another `appliance fetch` is using {cache}; wait for it to finish") from None
+        yield
+
+
+def remove_stale_parts(cache: Path) -> list[Path]:
+    """Delete temporary files an interrupted earlier run left (a killed process cleans nothing)."""
+    removed: list[Path] = []
+    candidates = [*cache.glob(".*.part"), *(cache / STAMP_DIR).glob("*.tmp")]
+    for path in candidates:
+        if (path.parent == cache and not _PART.fullmatch(path.name)) or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -286,7 +418,10 @@ def fetch_asset(asset: Asset, cache: Path, options: FetchOptions) -> Outcome:
     cache.mkdir(parents=True, exist_ok=True)
     try:
         url, tmp, _sha256 = _download_verified(asset, cache, options)
+    except CacheWriteError:
+        raise
     except ApplianceError as exc:
+        options.log(f"{exc}")
         return Outcome(asset.name, FAILED, asset.size, str(exc))
     _install(tmp, final)
     size = final.stat().st_size
@@ -314,7 +449,10 @@ def pin_asset(asset: Asset, cache: Path, manifest_path: Path, options: FetchOpti
         cache.mkdir(parents=True, exist_ok=True)
         try:
             _url, tmp, sha256 = _download_verified(asset, cache, options)
+        except CacheWriteError:
+            raise
         except ApplianceError as exc:
+            options.log(f"{exc}")
             return Outcome(asset.name, FAILED, asset.size, str(exc))
         _install(tmp, final)
     new_hash = f"sha256:{sha256}"
@@ -345,15 +483,19 @@ def fetch_assets(
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ApplianceError(f"cannot create the cache {cache}: {exc.strerror or exc}; pass --cache DIR") from None
+    if offline:
+        return [check_cached(asset, cache) for asset in assets]
     outcomes: list[Outcome] = []
-    for asset in assets:
-        if offline:
-            outcomes.append(check_cached(asset, cache))
-        elif asset.name in pin:
-            assert manifest_path is not None
-            outcomes.append(pin_asset(asset, cache, manifest_path, options))
-        else:
-            outcomes.append(fetch_asset(asset, cache, options))
+    with _exclusive(cache):
+        removed = remove_stale_parts(cache)
+        if removed:
+            options.log(f"removed {len(removed)} partial download(s) an interrupted earlier run left in {cache}")
+        for asset in assets:
+            if asset.name in pin:
+                assert manifest_path is not None
+                outcomes.append(pin_asset(asset, cache, manifest_path, options))
+            else:
+                outcomes.append(fetch_asset(asset, cache, options))
     return outcomes
 
 
@@ -367,8 +509,11 @@ def failure_line(outcomes: Sequence[Outcome], cache: Path, *, offline: bool) -> 
             f"missing from {cache}: {', '.join(missing)}; run `appliance fetch` where there is internet "
             "or copy the files there"
         )
-    if failed:
+    if len(failed) > 1 and not offline:  # fetch logged each asset's reason on its own line
+        details = ", ".join(o.name for o in failed) + " (the reason for each is above)"
+    else:
         details = "; ".join(o.note if o.note.startswith(o.name) else f"{o.name}: {o.note}" for o in failed)
+    if failed:
         advice = "delete the files and fetch again" if offline else "check the internet connection, then the URLs and hashes in the manifest"
         parts.append(f"{len(failed)} asset(s) failed: {details} ({advice})")
     if not parts:

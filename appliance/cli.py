@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from appliance.errors import ApplianceError
 
@@ -33,14 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a service manager, a closing terminal): the same clean-up as Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.run(args) or 0)
     except ApplianceError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("appliance: stopped (SIGTERM); nothing half-written was kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("appliance: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

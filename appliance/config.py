@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
@@ -16,12 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from appliance.errors import ConfigError
 from appliance.manifest import Manifest, load_manifest
 from appliance.validation import fail_at, validate
+from appliance.values import check_password_hash, check_ssh_public_key, control_character, one_line
 from appliance.yamlfile import load_yaml
 
 MIN_MEMORY_MB = 2048
+MAX_MEMORY_MB = 262144  # 256 GiB: more than any laptop; a bigger number is a typo
+MAX_LICENSE_BYTES = 64 * 1024
 # Names end up in file names (OVA, thumb drive), so they stay FAT-safe and portable.
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_SAFE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,13 +47,18 @@ def _default_boxes() -> dict[str, Boxes]:
 class VM(Strict):
     os: Literal["fedora", "debian"] = "fedora"
     boxes: dict[Literal["fedora", "debian"], Boxes] = Field(default_factory=_default_boxes)
-    memory_mb: StrictInt = Field(default=4096, ge=MIN_MEMORY_MB)
+    memory_mb: StrictInt = Field(default=4096, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)
     cpus: StrictInt = Field(default=2, ge=1, le=64)
     video_memory_mb: StrictInt = Field(default=16, ge=16, le=256)
     disk_gb: StrictInt = Field(default=20, ge=8, le=2048)
     # An instructor's ssh public key ("ssh-ed25519 AAAA... name"). Only when it is given does the
     # exported appliance forward an ssh port and authorize this key; otherwise no one logs in over ssh.
     instructor_ssh_key: StrictStr | None = None
+
+    @field_validator("instructor_ssh_key")
+    @classmethod
+    def _a_public_key(cls, value: str | None) -> str | None:
+        return None if value is None else check_ssh_public_key(value.strip())
 
     @model_validator(mode="after")
     def _box_for_os(self) -> "VM":
@@ -99,12 +107,7 @@ class Jupyter(Strict):
     @field_validator("password_hash")
     @classmethod
     def _a_hash_not_a_password(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("argon2:", "sha1:")):
-            raise ValueError(
-                "must be a hash made by `python -c 'from jupyter_server.auth import passwd; print(passwd())'`, "
-                "never a plain password"
-            )
-        return value
+        return None if value is None else check_password_hash(value)
 
 
 class Assets(Strict):
@@ -133,15 +136,27 @@ class Workshop(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _SAFE_NAME.match(value):
+        if not _SAFE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} must be lower-case letters, digits, '.', '-' or '_' (it names files)")
         return value
 
     @field_validator("version")
     @classmethod
     def _safe_version(cls, value: str) -> str:
-        if not re.match(r"^[0-9A-Za-z][0-9A-Za-z._-]*$", value):
+        if not _SAFE_VERSION.fullmatch(value):
             raise ValueError(f"{value!r} must be letters, digits, '.', '-' or '_' (it names files)")
+        return value
+
+    @field_validator("title", "description", "vendor", "url")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        return one_line(value)
+
+    @field_validator("url")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        if value and (not value.startswith(("https://", "http://")) or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not a web address; write https://... or leave it empty")
         return value
 
     @property
@@ -168,8 +183,60 @@ class LoadedConfig(BaseModel):
     def notebooks_dir(self) -> Path:
         return self.root / self.workshop.jupyter.root
 
+    @property
+    def license_path(self) -> Path | None:
+        return None if self.workshop.license_file is None else self.root / self.workshop.license_file
+
     def included_assets(self) -> list:
         return self.manifest.select(self.workshop.assets.include)
+
+
+def _outside(base: Path, relative: str, inside: str) -> str | None:
+    """Why `relative` does not name a place inside `base` (None when it does). Symlinks count
+    where they lead: a link out of the repository is refused like a `..`."""
+    if "\\" in relative or relative[1:2] == ":":
+        return f"{relative!r} is not a relative path with '/'; give a path inside {inside}"
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        return f"{relative!r} is an absolute path; give a path inside {inside}"
+    if ".." in pure.parts:
+        return f"{relative!r} goes up with '..'; give a path inside {inside}"
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base.resolve()):
+        return f"{relative!r} leads to {target} (a symbolic link) outside {inside}; give a path inside it"
+    return None
+
+
+def _check_license(path: Path, lines: dict, root: Path, relative: str) -> None:
+    loc = ("license_file",)
+    problem = _outside(root, relative, f"the repository {root}")
+    if problem:
+        raise fail_at(path, lines, loc, problem)
+    licence = root / relative
+    if not licence.is_file():
+        raise fail_at(path, lines, loc, f"{licence} does not exist; fix the path or add the licence text")
+    size = licence.stat().st_size
+    if size > MAX_LICENSE_BYTES:
+        raise fail_at(path, lines, loc, f"{licence} has {size} bytes, more than {MAX_LICENSE_BYTES // 1024} KiB; shorten it")
+    try:
+        text = licence.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail_at(path, lines, loc, f"{licence} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise fail_at(path, lines, loc, f"cannot read {licence}: {exc.strerror or exc}") from None
+    if any(control_character(char) for char in text if char not in "\t\n\r\f"):
+        raise fail_at(path, lines, loc, f"{licence} holds binary or control characters; give a plain text file")
+
+
+def network_warnings(workshop: Workshop) -> list[str]:
+    """Settings that are valid but expose the appliance beyond this computer."""
+    address = workshop.ports.host_address
+    if ipaddress.ip_address(address).is_loopback:
+        return []
+    return [
+        f"ports.host_address is {address}: the forwarded Jupyter, TensorBoard and ssh ports are open to other "
+        "machines on the network (anyone who has the token can run code); set it to 127.0.0.1 to keep them on this computer"
+    ]
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -180,6 +247,14 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigError(f"{path}:1: the file must be a mapping of keys (name: ..., version: ...)")
     workshop = validate(Workshop, data, path, lines)
     root = path.resolve().parent
+    repository = f"the repository {root}"
+
+    for loc, relative in ((("assets", "manifest"), workshop.assets.manifest), (("jupyter", "root"), workshop.jupyter.root)):
+        problem = _outside(root, relative, repository)
+        if problem:
+            raise fail_at(path, lines, loc, problem)
+    if workshop.license_file is not None:
+        _check_license(path, lines, root, workshop.license_file)
 
     manifest_path = root / workshop.assets.manifest
     if not manifest_path.is_file():
@@ -195,6 +270,9 @@ def load_config(path: Path) -> LoadedConfig:
 
     notebooks_dir = root / workshop.jupyter.root
     for index, notebook in enumerate(workshop.notebooks):
+        problem = _outside(notebooks_dir, notebook, f"jupyter.root ({notebooks_dir})")
+        if problem:
+            raise fail_at(path, lines, ("notebooks", index), problem)
         if not (notebooks_dir / notebook).is_file():
             raise fail_at(
                 path, lines, ("notebooks", index), f"{notebooks_dir / notebook} does not exist; fix the name or add the notebook"

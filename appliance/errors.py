@@ -11,3 +11,9 @@ class ConfigError(ApplianceError):
     """workshop.yml or the asset manifest is invalid."""
 
     exit_code = 2
+
+
+class UsageError(ApplianceError):
+    """A command-line argument is wrong (an unknown asset name, a negative count)."""
+
+    exit_code = 2

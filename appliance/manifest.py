@@ -15,8 +15,14 @@ from appliance.yamlfile import load_yaml
 # names a root: Keras's cache (~/.keras), or the notebooks folder.
 PLACE_ROOTS = ("keras", "notebooks")
 
-_HASH = re.compile(r"^(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})$")
-_FAT_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+_HASH = re.compile(r"(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})")
+# An asset's name is its file name in cache/ and on the thumb drive (FAT): plain characters,
+# no leading dot (those are the cache's own temp and stamp files), no trailing dot.
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+~-]{0,199}(?<!\.)")
+# Folders cache/ holds besides the assets (compared ignoring case, as FAT does).
+CACHE_FOLDERS = frozenset({"wheels", "vm", "test-fakes", "uv", "python"})
+# Names Windows refuses for any file, whatever the extension.
+_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
 
 
 class Asset(BaseModel):
@@ -37,8 +43,13 @@ class Asset(BaseModel):
     @field_validator("name")
     @classmethod
     def _fat_safe_name(cls, name: str) -> str:
-        if _FAT_UNSAFE.search(name):
-            raise ValueError(f"{name!r} has a character FAT file systems reject; rename it")
+        if not _SAFE_FILE_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a plain file name; use letters, digits and . _ - + ~ "
+                "(not starting or ending with a dot), as the file is called in cache/"
+            )
+        if name.lower() in CACHE_FOLDERS or _WINDOWS_RESERVED.fullmatch(name):
+            raise ValueError(f"{name!r} is a name cache/ or Windows keeps for itself; rename the asset")
         return name
 
     @field_validator("urls")
@@ -52,7 +63,7 @@ class Asset(BaseModel):
     @field_validator("hash")
     @classmethod
     def _hash_form(cls, value: str | None) -> str | None:
-        if value is not None and not _HASH.match(value):
+        if value is not None and not _HASH.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not 'sha256:<64 hex>' or 'md5:<32 hex>'; run `appliance fetch --pin` to record it"
             )
@@ -64,6 +75,8 @@ class Asset(BaseModel):
         if place is None:
             return None
         parts = PurePosixPath(place).parts
+        if "\\" in place or any(ord(c) < 32 or ord(c) == 127 for c in place):
+            raise ValueError(f"{place!r} must be a plain path with '/' between folders")
         if len(parts) < 2 or parts[0] not in PLACE_ROOTS or ".." in parts:
             raise ValueError(f"{place!r} must start with one of {PLACE_ROOTS} and name a file below it")
         return place
@@ -92,11 +105,14 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Manifest":
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for asset in self.assets:
-            if asset.name in seen:
-                raise ValueError(f"asset name {asset.name!r} is used twice; names must be unique")
-            seen.add(asset.name)
+            # FAT (the thumb drive) and macOS ignore case: A.bin and a.bin would be one file.
+            key = asset.name.casefold()
+            if key in seen:
+                same = "is used twice" if seen[key] == asset.name else f"differs from {seen[key]!r} only in case"
+                raise ValueError(f"asset name {asset.name!r} {same}; names must be unique")
+            seen[key] = asset.name
         return self
 
     def by_name(self) -> dict[str, Asset]:

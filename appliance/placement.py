@@ -91,10 +91,16 @@ def place_assets(assets: Sequence[Asset], cache: Path, keras_home: Path, noteboo
             continue
         source = cached_file(cache, asset)
         note = state.note if state.status == UNPINNED else ""
-        if _same_content(source, dest, asset):
-            results.append(Placement(asset.name, dest, IDENTICAL, note))
+        if dest.is_dir() and not dest.is_symlink():
+            results.append(Placement(asset.name, dest, NOT_PLACED, f"{dest} is a folder; fix the asset's place"))
             continue
-        results.append(Placement(asset.name, dest, _link_or_copy(source, dest), note))
+        try:
+            if _same_content(source, dest, asset):
+                results.append(Placement(asset.name, dest, IDENTICAL, note))
+                continue
+            results.append(Placement(asset.name, dest, _link_or_copy(source, dest), note))
+        except OSError as exc:
+            results.append(Placement(asset.name, dest, NOT_PLACED, f"cannot write {dest}: {exc.strerror or exc}"))
     return results
 
 
@@ -103,4 +109,6 @@ def failure_line(results: Sequence[Placement], cache: Path) -> str | None:
     if not failed:
         return None
     names = ", ".join(f"{r.name} ({r.note})" for r in failed)
+    if all(r.note.startswith(("cannot write", str(r.dest))) for r in failed):
+        return f"not placed: {names}"
     return f"not placed: {names}; run `appliance fetch --cache {cache}` first"

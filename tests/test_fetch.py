@@ -3,7 +3,9 @@
 Covers: a good file downloaded, verified and then skipped without any request; a corrupted
 file rejected and not left in the cache; mirror fallback after a 404 and after a truncated
 download; retry after a server error; md5-hashed assets; --offline; --pin rewriting only the
-hash line; and the repository's own manifest.
+hash line; and the repository's own manifest; servers that send more than the declared size,
+drip or go silent; a refused connection; host names that do not resolve and a name server that
+does not answer; stale partial files; one fetch per cache; Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import ast
 import hashlib
 import http.server
 import os
+import shutil
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -304,9 +310,13 @@ def test_pin_refuses_a_file_that_contradicts_the_existing_hash(appliance_cli, ht
 def test_pin_of_an_unknown_asset_names_it(appliance_cli, httpserver: HTTPServer, tmp_path: Path) -> None:
     config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [httpserver.url_for("/a.bin")]}])
     result = fetch(appliance_cli, config, "--pin", "nope.bin")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "'nope.bin' is not in" in result.stderr
+    for bad in (["--retries", "-1"], ["--timeout", "0"]):
+        wrong = fetch(appliance_cli, config, *bad)
+        assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+        assert wrong.stderr.strip() == f"appliance: error: {bad[0]} must be " + ("0 or more" if bad[0] == "--retries" else "more than 0 seconds")
 
 
 def test_write_pinned_hash_touches_only_that_entry(tmp_path: Path) -> None:
@@ -443,3 +453,278 @@ def test_ctrl_c_during_a_download_leaves_nothing_behind(tmp_path: Path, repo_roo
         release.set()
         server.shutdown()
         server.server_close()
+
+
+# --- servers that misbehave ------------------------------------------------------------------
+
+
+@contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real threaded HTTP server on a free port with the given handler; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+SMALL = b"hello\n"  # a 6-byte asset
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Sends the 6 bytes, then keeps sending until the client goes away; counts what it sent."""
+
+    protocol_version = "HTTP/1.0"  # no Content-Length: the body ends when the connection does
+    sent: list[int]
+    announce: int | None = None
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        if self.announce is not None:
+            self.send_header("Content-Length", str(self.announce))
+        self.end_headers()
+        total = 0
+        try:
+            self.wfile.write(SMALL)
+            total += len(SMALL)
+            block = b"x" * 65536
+            while total < 2_000_000_000:
+                self.wfile.write(block)
+                total += len(block)
+        except OSError:
+            pass
+        finally:
+            self.sent.append(total)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("announce", [None, 10_000_000_000], ids=["no-length", "announced-too-big"])
+def test_a_server_sending_more_than_the_declared_size_is_stopped(appliance_cli, tmp_path: Path, announce: int | None) -> None:
+    sent: list[int] = []
+    handler = type("Handler", (_EndlessHandler,), {"sent": sent, "announce": announce})
+    with serving(handler) as base:
+        config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"{base}/a.bin"],
+                                            "hash": f"sha256:{hashlib.sha256(SMALL).hexdigest()}", "size": len(SMALL)}])
+        before = (tmp_path / "assets.yml").read_text()
+        result = appliance_cli("fetch", "--config", str(config), "--cache", str(tmp_path / "cache"), "--retries", "0", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert status_of(result.stdout, "a.bin") == "FAILED"
+    expected = "announced 10000000000 bytes, the manifest declares 6" if announce else "sent more than the 6 bytes the manifest declares; stopped"
+    assert expected in result.stderr
+    assert "deleted the partial file" in result.stderr
+    cache = tmp_path / "cache"
+    assert sorted(p.name for p in cache.iterdir()) == [".fetch.lock"]  # no a.bin, no .part
+    assert (tmp_path / "assets.yml").read_text() == before
+    # It stopped reading at once: at most what the socket buffers held, not 445 MB.
+    assert sent and sent[0] < 20_000_000, sent
+
+
+class _DripHandler(http.server.BaseHTTPRequestHandler):
+    """Promises the payload, then sends one byte every 0.2 s (or nothing at all)."""
+
+    drip: bool = True
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        try:
+            for index in range(len(PAYLOAD) if self.drip else 0):
+                self.wfile.write(PAYLOAD[index:index + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+            time.sleep(30)
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("drip", "expected"), [(True, "stalled: less than 16 KiB in 1.5 s"), (False, "timed out")],
+                         ids=["slow-drip", "silent"])
+def test_a_stalled_transfer_times_out(appliance_cli, tmp_path: Path, drip: bool, expected: str) -> None:
+    handler = type("Handler", (_DripHandler,), {"drip": drip})
+    with serving(handler) as base:
+        config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"{base}/a.bin"], "hash": f"sha256:{SHA256}"}])
+        # The 20 s subprocess timeout is a guard only; before the fix this never ended.
+        result = appliance_cli("fetch", "--config", str(config), "--cache", str(tmp_path / "cache"), "--retries", "0",
+                               "--timeout", "1.5", timeout=20)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert status_of(result.stdout, "a.bin") == "FAILED"
+    assert expected in result.stderr
+    assert leftovers(tmp_path / "cache") == [] and not (tmp_path / "cache" / "a.bin").exists()
+
+
+def test_a_refused_connection_is_one_short_line(appliance_cli, tmp_path: Path) -> None:
+    from freeports import free_port
+
+    port = free_port()  # nothing listens there
+    config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"http://127.0.0.1:{port}/a.bin"], "hash": f"sha256:{SHA256}"}])
+    result = fetch(appliance_cli, config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("appliance: error: 1 asset(s) failed: a.bin: ") and "could not connect" in error
+    assert len(error) < 300, error
+
+
+def test_without_name_resolution_fetch_fails_fast_with_one_line_per_asset(appliance_cli, tmp_path: Path) -> None:
+    names = ["a.bin", "b.bin", "c.bin"]
+    config = write_workshop(tmp_path, [
+        {"name": name, "urls": [f"https://downloads.does-not-exist.invalid/{name}", f"https://mirror.does-not-exist.invalid/{name}"],
+         "hash": f"sha256:{SHA256}"}
+        for name in names
+    ])
+    # Default retries: a name that does not resolve is never retried (that took 77 s).
+    started = time.monotonic()
+    result = appliance_cli("fetch", "--config", str(config), "--cache", str(tmp_path / "cache"), timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "retrying" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith(tuple(f"{n}: " for n in names))]
+    assert [line.split(":")[0] for line in failed] == names
+    assert "downloads.does-not-exist.invalid does not resolve (no internet, or a wrong host name)" in failed[0]
+    assert "did not resolve (see above)" in failed[1]
+    assert all(len(line) < 250 for line in result.stderr.splitlines()), result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("appliance: error: 3 asset(s) failed: a.bin, b.bin, c.bin (the reason for each is above)")
+    assert leftovers(tmp_path / "cache") == []
+    print(f"fetch without name resolution: {elapsed:.1f} s")
+
+
+def test_stale_partial_files_are_removed_and_others_kept(appliance_cli, httpserver: HTTPServer, tmp_path: Path) -> None:
+    httpserver.expect_request("/a.bin").respond_with_data(PAYLOAD)
+    config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [httpserver.url_for("/a.bin")], "hash": f"sha256:{SHA256}"}])
+    cache = tmp_path / "cache"
+    (cache / ".verified").mkdir(parents=True)
+    (cache / ".a.bin.k3j_x9q2.part").write_bytes(PAYLOAD[:1000])  # what a killed fetch leaves
+    (cache / ".mnist.npz.0a1b2c3d.part").write_bytes(b"half")
+    (cache / ".verified" / "a.bin.json.tmp").write_text("{")
+    (cache / ".my-notes").write_text("mine")  # not ours: kept
+    (cache / "notes.part").write_text("mine too")
+    result = fetch(appliance_cli, config)
+    assert result.returncode == 0, result.stderr
+    assert "removed 3 partial download(s) an interrupted earlier run left" in result.stderr
+    assert leftovers(cache) == []
+    assert not (cache / ".verified" / "a.bin.json.tmp").exists()
+    assert (cache / ".my-notes").read_text() == "mine" and (cache / "notes.part").read_text() == "mine too"
+    assert (cache / "a.bin").read_bytes() == PAYLOAD
+
+
+def test_a_second_fetch_on_the_same_cache_is_refused_and_deletes_nothing(appliance_cli, httpserver: HTTPServer, tmp_path: Path) -> None:
+    import fcntl
+
+    config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [httpserver.url_for("/a.bin")], "hash": f"sha256:{SHA256}"}])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    running = cache / ".a.bin.abcdefgh.part"  # the temp file of the fetch that holds the lock
+    running.write_bytes(b"in progress")
+    with open(cache / ".fetch.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        result = fetch(appliance_cli, config)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"appliance: error: another `appliance fetch` is using {cache}; wait for it to finish"]
+    assert running.read_bytes() == b"in progress"
+    assert len(httpserver.log) == 0
+
+
+def test_sigterm_during_a_download_cleans_up_like_ctrl_c(tmp_path: Path, repo_root: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    release = threading.Event()
+    handler = type("Handler", (_StallingHandler,), {"release": release})
+    try:
+        with serving(handler) as base:
+            config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"{base}/a.bin"], "hash": f"sha256:{SHA256}"}])
+            cache = tmp_path / "cache"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)],
+                cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            deadline = time.monotonic() + 30
+            while not (cache.is_dir() and any(p.stat().st_size > 0 for p in cache.glob(".*.part"))):
+                assert time.monotonic() < deadline, "the download never started"
+                time.sleep(0.05)
+            process.terminate()  # SIGTERM
+            _out, err = process.communicate(timeout=30)
+            release.set()
+    finally:
+        release.set()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "appliance: stopped (SIGTERM); nothing half-written was kept"
+    assert "Traceback" not in err
+    assert not (cache / "a.bin").exists()
+    assert leftovers(cache) == []
+
+
+def _can_replace_resolv_conf() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "mount", "--bind", "/dev/null", "/etc/resolv.conf"], capture_output=True, timeout=20)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_replace_resolv_conf(), reason="needs root and unshare to give fetch a name server that does not answer")
+def test_with_no_name_server_answering_fetch_gives_up_after_one_lookup(tmp_path: Path, repo_root: Path) -> None:
+    """As on a laptop with no network: the resolver cannot be reached (EAI_AGAIN), so after the
+    first lookup no other host is tried."""
+    import sys
+
+    names = ["a.bin", "b.bin", "c.bin"]
+    config = write_workshop(tmp_path, [
+        {"name": name, "urls": [f"https://host-{name[0]}.example.org/{name}"], "hash": f"sha256:{SHA256}"} for name in names
+    ])
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.1\noptions timeout:1 attempts:1\n")  # TEST-NET-1: nobody answers
+    inner = " ".join([sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(tmp_path / "cache")])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {resolv} /etc/resolv.conf && exec {inner}"],
+                            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "retrying" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "downloading a.bin from https://host-a.example.org/a.bin"
+    assert lines[1].startswith("a.bin: cannot look up host-a.example.org: no name server answers (no internet?)")
+    assert lines[2].startswith("b.bin: not tried: name resolution does not work here (see above)")
+    assert lines[3].startswith("c.bin: not tried: name resolution does not work here (see above)")
+    assert lines[4].startswith("appliance: error: 3 asset(s) failed: a.bin, b.bin, c.bin (the reason for each is above)")
+    assert len(lines) == 5
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_cache_that_cannot_be_written_stops_with_one_line(tmp_path: Path, repo_root: Path, httpserver: HTTPServer) -> None:
+    import sys
+
+    config = write_workshop(tmp_path, [{"name": name, "urls": [httpserver.url_for(f"/{name}")], "hash": f"sha256:{SHA256}"}
+                                       for name in ("a.bin", "b.bin")])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    command = [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)]
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up that capability
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv (util-linux) writes anywhere")
+        command = ["setpriv", "--bounding-set", "-dac_override", *command]
+    try:
+        result = subprocess.run(command, cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                                capture_output=True, text=True, timeout=30)
+    finally:
+        cache.chmod(0o755)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [  # b.bin is not even tried
+        f"downloading a.bin from {httpserver.url_for('/a.bin')}",
+        f"appliance: error: cannot write in the cache {cache}: Permission denied; pass --cache DIR",
+    ]
+    assert list(cache.iterdir()) == [] and len(httpserver.log) == 0

@@ -121,3 +121,19 @@ def test_another_file_system_gets_a_copy(tmp_path: Path) -> None:
         results = place_assets(load_config(config).manifest.assets, tmp_path / "cache", Path(other) / "kh", Path(other) / "nb")
         assert {r.status for r in results} == {"copied"}
         assert (Path(other) / "kh" / "models" / "w.h5").read_bytes() == WEIGHTS
+
+
+def test_a_place_that_is_a_folder_is_not_placed_and_nothing_is_lost(appliance_cli, tmp_path: Path) -> None:
+    config = make_workdir(tmp_path)
+    manifest = tmp_path / "assets.yml"
+    manifest.write_text(manifest.read_text().replace("place: keras/datasets/mnist.npz", "place: keras/datasets"))
+    keras_home = tmp_path / "kh"
+    (keras_home / "datasets").mkdir(parents=True)
+    (keras_home / "datasets" / "mine.npz").write_bytes(b"a user's own file")
+    result = place(appliance_cli, config, keras_home, tmp_path / "nb")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"appliance: error: not placed: mnist.npz ({keras_home / 'datasets'} is a folder; fix the asset's place)"]
+    assert (keras_home / "datasets" / "mine.npz").read_bytes() == b"a user's own file"
+    assert sorted(p.name for p in (keras_home / "datasets").iterdir()) == ["mine.npz"]

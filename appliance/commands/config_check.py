@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from appliance.config import load_config
+from appliance.config import load_config, network_warnings
 from appliance.paths import config_path
 
 
@@ -32,6 +33,8 @@ def run_check(args: argparse.Namespace) -> int:
         f"{len(workshop.notebooks)} notebooks, {len(loaded.included_assets())} assets, "
         f"Keras backend {workshop.keras_backend}"
     )
+    for warning in network_warnings(workshop):
+        print(f"appliance: warning: {warning}", file=sys.stderr)
     return 0
 
 

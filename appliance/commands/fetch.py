@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.assets import UNPINNED, FetchOptions, failure_line, fetch_assets
 from appliance.config import LoadedConfig, load_config
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, UsageError
 from appliance.manifest import Asset
 from appliance.paths import config_path, lock_file
 from appliance.table import format_table, human_size
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--installers", action="store_true", help="include the installers (kind: installer)")
     fetch.add_argument("--wheels", action="store_true", help="also fill CACHE/wheels from the lock file")
     fetch.add_argument("--retries", type=int, default=3, metavar="N", help="extra attempts per URL on network errors (default 3)")
+    fetch.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="give up on a URL that sends nothing, or less than 16 KiB, for this long (default 60)")
     fetch.set_defaults(run=run)
 
 
@@ -47,7 +49,7 @@ def select_assets(loaded: LoadedConfig, only: list[str] | None, pin: list[str], 
     known = loaded.manifest.by_name()
     for name in [*(only or []), *pin]:
         if name not in known:
-            raise ApplianceError(f"{name!r} is not in {loaded.manifest_path}; check the name (see `appliance fetch --offline`)")
+            raise UsageError(f"{name!r} is not in {loaded.manifest_path}; check the name (see `appliance fetch --offline`)")
     if pin:
         return [known[name] for name in dict.fromkeys(pin)]
     chosen = loaded.included_assets()
@@ -64,14 +66,16 @@ def run(args: argparse.Namespace) -> int:
     cache = cache_of(args, loaded)
     assets = select_assets(loaded, args.only, args.pin, args.installers)
     if args.retries < 0:
-        raise ApplianceError("--retries must be 0 or more")
+        raise UsageError("--retries must be 0 or more")
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be more than 0 seconds")
     outcomes = fetch_assets(
         assets,
         cache,
         offline=args.offline,
         pin=args.pin,
         manifest_path=loaded.manifest_path,
-        options=FetchOptions(retries=args.retries),
+        options=FetchOptions(retries=args.retries, timeout=args.timeout),
     )
     rows = [[o.name, human_size(o.size), o.status, _short(o.note)] for o in outcomes]
     print(format_table(["asset", "size", "status", "note"], rows))
