@@ -253,7 +253,7 @@ def test_licence_and_instructor_key_travel_into_the_ova(exported, tmp_path):
     # a form feed between pages, as in the GPL's text: XML 1.0 cannot carry it as it is
     (root / "LICENSE-WORKSHOP.txt").write_text("Use these notebooks\f for learning.\n", encoding="utf-8")
     data = dict(WORKSHOP, license_file="LICENSE-WORKSHOP.txt",
-                vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA instructor"))
+                vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f instructor"))
     config = root / "workshop-licensed.yml"
     config.write_text(yaml.safe_dump(data), encoding="utf-8")
     out = tmp_path / "dist"
@@ -320,7 +320,7 @@ def test_virtualbox_path_turns_off_host_loopback_and_the_ssh_forward(tmp_path):
     # no ssh rule left to delete: only the loopback setting
     assert vbox.prepare_argvs(workshop, "vm", ["jupyter"]) == [
         ["VBoxManage", "modifyvm", "vm", "--nat-localhostreachable1", "off"]]
-    data = dict(WORKSHOP, vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA i"))
+    data = dict(WORKSHOP, vm=dict(WORKSHOP["vm"], instructor_ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f i"))
     keyed = make_checkout(tmp_path / "k", installers=False, workshop=data)
     assert vbox.prepare_argvs(load_config(keyed / "workshop.yml").workshop, "vm", rules) == [
         ["VBoxManage", "modifyvm", "vm", "--nat-localhostreachable1", "off"]]
