@@ -5,11 +5,12 @@ never runs, not even with an inherited PYTHONPATH that names the current folder.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 
 import pytest
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TOOL_VENV = REPO_ROOT / ".venv" / ".appliance-tools"
 
