@@ -71,10 +71,10 @@ def chroot_session(root: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def mounted_disk(disk: Path, work: Path) -> Iterator[Path]:
+def mounted_disk(disk: Path, work: Path, write_back: bool = True) -> Iterator[Path]:
     """The root file system of the qcow2 `disk` mounted at a folder under `work`. The disk is
     converted to raw beside it and back only when the block succeeds: a failed play leaves
-    `disk` as it was."""
+    `disk` as it was (and `write_back=False` makes it a scratch copy)."""
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "disk.raw"
     mountpoint = work / "root"
@@ -92,6 +92,8 @@ def mounted_disk(disk: Path, work: Path) -> Iterator[Path]:
                 subprocess.run(["umount", str(mountpoint)], capture_output=True)
         finally:
             subprocess.run(["losetup", "--detach", loop], capture_output=True)
+        if not write_back:
+            return
         partial = disk.with_name(disk.name + ".partial")
         _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
         os.replace(partial, disk)

@@ -66,6 +66,8 @@ def make_workshop(root: Path, repo_root: Path, python: Path) -> tuple[Path, dict
     (repo_root / "cache" / "vm").mkdir(parents=True, exist_ok=True)
     (cache / "vm").symlink_to(repo_root / "cache" / "vm")  # the root file system cache
     (cache / "wheels").symlink_to(repo_root / "cache" / "wheels")
+    (repo_root / "cache" / "tools").mkdir(exist_ok=True)
+    (cache / "tools").symlink_to(repo_root / "cache" / "tools")  # the pinned uv wheel, fetched once
     (root / "requirements").symlink_to(repo_root / "requirements")
     shutil.copytree(repo_root / "notebooks", root / "notebooks",
                     ignore=shutil.ignore_patterns("results", "logs", ".ipynb_checkpoints", "__pycache__"))
