@@ -149,7 +149,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, stdout=sys.stderr)
     root = tmp / "workshop"
     root.mkdir()
-    config_path, _, _ = make_workshop(root, REPO_ROOT, python)
+    config_path, _, _ = make_workshop(root, REPO_ROOT, python, name="benchvm")  # beside the VM tier's state
     config = load_config(config_path)
     state = workshop_state(config)
     shutil.rmtree(state, ignore_errors=True)  # a previous interrupted run's

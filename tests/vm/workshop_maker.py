@@ -59,7 +59,7 @@ def make_assets(cache: Path, repo_root: Path, python: Path) -> list[TestAsset]:
     return assets
 
 
-def make_workshop(root: Path, repo_root: Path, python: Path) -> tuple[Path, dict[str, int], list[TestAsset]]:
+def make_workshop(root: Path, repo_root: Path, python: Path, name: str = "vmtest") -> tuple[Path, dict[str, int], list[TestAsset]]:
     """The repository's workshop in `root`, with generated assets and free host ports."""
     cache = root / "cache"
     cache.mkdir()
@@ -83,7 +83,7 @@ def make_workshop(root: Path, repo_root: Path, python: Path) -> tuple[Path, dict
     ports = dict(zip(("jupyter", "tensorboard", "ssh"), free_ports(3)))
     workshop = yaml.safe_load((repo_root / "workshop.yml").read_text())
     workshop.update(
-        name="vmtest",
+        name=name,
         version="1",
         ports={"host_address": "127.0.0.1", **ports},
         assets={"manifest": "assets.yml", "include": None},
