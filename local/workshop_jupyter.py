@@ -126,10 +126,11 @@ def server_config(notebooks: Path, port: int, password_hash: str) -> dict:
 def wait_until_up(base: str, token: str, process: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> bool:
     """Poll /api/status until the server answers (authorised), it exits, or time runs out."""
     headers = {"Authorization": f"token {token}"} if token else {}
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never via a proxy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{base}/api/status", headers=headers), timeout=5):
+            with direct.open(urllib.request.Request(f"{base}/api/status", headers=headers), timeout=5):
                 return True
         except urllib.error.HTTPError as error:
             if error.code in (401, 403) and not token:
