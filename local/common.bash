@@ -50,6 +50,8 @@ values = {
     "cfg_tensorboard_port": w.ports.tensorboard,
     "cfg_password_hash": w.jupyter.password_hash or "",
     "cfg_notebooks_dir": str(config.notebooks_dir),
+    "cfg_updates_url": w.updates.git_url or "",
+    "cfg_updates_branch": w.updates.branch,
 }
 for key, value in values.items():
     print(f"{key}={shlex.quote(str(value))}")
