@@ -110,6 +110,8 @@ def workshop(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iter
     for name in ("00-framework-basics.ipynb", "02-mnist-cnn.ipynb"):
         set_quick(repo / "notebooks" / name)
 
+    # the lab's workspace and user settings of this session only (not ~/.jupyter/lab's)
+    env.update(JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"), JUPYTERLAB_SETTINGS_DIR=str(root / "user-settings"))
     jupyter_port, tensorboard_port = free_ports(2)
     started = []
     logs = {}

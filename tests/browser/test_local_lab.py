@@ -15,11 +15,13 @@ pytestmark = pytest.mark.browser
 
 KERNEL = "Python 3 (workshop)"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-# Every code cell shows an execution count: "[*]" (running) and "[ ]" (never run) do not match.
-ALL_CELLS_RAN = """() => {
-    const prompts = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')];
-    return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-}"""
+PROMPTS = "[...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]"
+# Run All is over: no cell waits or runs ("[*]"), and the last one that ran has a number. A cell
+# that fails stops Run All, which the test then sees as cells left without a number.
+RUN_ALL_OVER = f"""() => {{
+    const prompts = {PROMPTS}.map(p => p.textContent);
+    return prompts.some(t => /\\[\\d+\\]/.test(t)) && !prompts.some(t => t.includes('*'));
+}}"""
 STDERR_BOX = '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
 
@@ -43,7 +45,7 @@ def test_login_needs_the_token(browser, workshop):
 
 
 def test_the_launcher_offers_the_workshop_kernel_only(lab, workshop, request):
-    lab.goto(f"{workshop.base}/lab")
+    lab.goto(f"{workshop.base}/lab?reset")  # a fresh workspace: the launcher
     lab.wait_for_selector(".jp-LauncherCard")
     notebook_cards = lab.locator('.jp-LauncherCard[data-category="Notebook"]')
     notebook_cards.first.wait_for()
@@ -53,14 +55,18 @@ def test_the_launcher_offers_the_workshop_kernel_only(lab, workshop, request):
 
 
 def run_all(lab, workshop, name: str, timeout_s: int) -> None:
-    lab.goto(f"{workshop.base}/lab/tree/{name}")
+    lab.goto(f"{workshop.base}/lab/tree/{name}?reset")  # only this notebook open
     lab.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     status = lab.locator("#jp-main-statusbar")
     status.get_by_text(KERNEL).first.wait_for()  # the notebook opened with the workshop kernel
     status.get_by_text(re.compile(r"Idle")).first.wait_for(timeout=120_000)
     lab.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    lab.locator('li.lm-Menu-item[data-command="notebook:run-all-cells"]').click()
-    lab.wait_for_function(ALL_CELLS_RAN, timeout=timeout_s * 1000, polling=1000)
+    lab.locator('li.lm-Menu-item[data-command="runmenu:run-all"]').click()
+    lab.wait_for_function(RUN_ALL_OVER, timeout=timeout_s * 1000, polling=1000)
+    prompts = lab.evaluate(f"() => {PROMPTS}.map(p => p.textContent.trim())")
+    if not all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
+        errors = lab.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_inner_texts()
+        raise AssertionError(f"{name}: Run All stopped early; prompts {prompts}; outputs: {errors[-3:]}")
 
 
 def finished_cleanly(lab) -> None:
