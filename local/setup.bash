@@ -87,7 +87,7 @@ create_env() {
     if [ "$installer" = uv ]; then
         UV_PYTHON_DOWNLOADS=never uv venv --no-config --quiet --python "$python" "$WORKSHOP_ENV"
     else
-        "$python" -m venv "$WORKSHOP_ENV" || die "'$python -m venv' failed; install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
+        "$python" -P -m venv "$WORKSHOP_ENV" || die "'$python -m venv' failed; install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
     fi
 }
 
@@ -109,7 +109,7 @@ install_lock() {
             >"$log" 2>&1 || status=$?
     else
         # ${a[@]+...}: macOS's bash 3.2 calls an empty array unbound under set -u
-        "$WORKSHOP_ENV/bin/python" -m pip install -q ${pip_args[@]+"${pip_args[@]}"} --disable-pip-version-check \
+        "$WORKSHOP_ENV/bin/python" -P -m pip install -q ${pip_args[@]+"${pip_args[@]}"} --disable-pip-version-check \
             --require-hashes --no-deps ${source_args[@]+"${source_args[@]}"} -r "$WORKSHOP_LOCK" >"$log" 2>&1 || status=$?
     fi
     if [ "$status" != 0 ]; then
@@ -121,7 +121,7 @@ install_lock() {
 # `python -m appliance` inside the env imports the package straight from this checkout.
 link_appliance() {
     local site
-    site="$("$WORKSHOP_ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    site="$("$WORKSHOP_ENV/bin/python" -P -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     printf '%s\n' "$WORKSHOP_REPO" > "$site/workshop-appliance.pth"
 }
 
