@@ -62,7 +62,7 @@ def make_workshop(root: Path, repo_root: Path) -> tuple[Path, dict[str, int], li
                 "print('asset', pathlib.Path(os.environ['KERAS_HOME'], 'models', 'vmtest_weights.h5').stat().st_size)\n",
             ]},
         ],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "metadata": {"kernelspec": {"name": "workshop", "display_name": "Python 3 (workshop)", "language": "python"}},
         "nbformat": 4, "nbformat_minor": 5,
     }
     (notebooks / "smoke.ipynb").write_text(json.dumps(smoke, indent=1))
