@@ -6,7 +6,9 @@ wheels from cache/wheels (no network), once with uv and once with pip, side by s
 
 "warm cache" means the wheelhouse is present; uv is timed both with its own cache already
 holding the unpacked wheels (a second setup on the same machine) and with an empty one
-(a participant's first setup), because uv's speed comes mostly from that cache.
+(a participant's first setup), because uv's speed comes mostly from that cache. Last, the time
+from `local/run-jupyter.bash` to the URL it prints: a first start (it runs setup.bash itself)
+and a second one.
 """
 
 from __future__ import annotations
