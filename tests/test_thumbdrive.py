@@ -65,7 +65,7 @@ def test_build_lays_out_the_image_with_checksums_and_guide(appliance_cli, checko
     assert {"index.html", "README.txt", "SHA256SUMS"} <= set(files)
     installers = [f for f in files if f.startswith("virtualbox/")]
     assert len(installers) == 5 and any(f.endswith("-Win.exe") for f in installers)
-    assert "local-mode/cache/wheels/numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl" in files
+    assert not [f for f in files if f.startswith(("wheels/", "tools/", "python/")) or f.endswith((".cmd", ".command", ".sh"))]
     assert "local-mode/notebooks/01-mnist-mlp.ipynb" in files
     assert "local-mode/local/setup.bash" in files
     assert "local-mode/cache/mnist.npz" in files
