@@ -371,7 +371,7 @@ def test_a_flipped_byte_on_one_drive_is_caught(appliance_cli, image, tmp_path):
         points = [d.mount_point for d in drives]
         assert write(appliance_cli, image, *points).returncode == 0
         victim = drives[1]
-        wheel = "local-mode/cache/wheels/numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl"
+        wheel = "test-workshop-1.2.ova"  # random bytes: the needle is found once
         needle = (image / wheel).read_bytes()[100_000:100_064]
         victim.unmount()  # change the medium underneath the file system, as a bad flash cell would
         _flip_byte_in_backing_file(victim.backing, needle)
@@ -400,7 +400,9 @@ def test_a_full_drive_fails_alone(appliance_cli, image, tmp_path):
         points = [d.mount_point for d in drives]
         # fill the middle drive so the image no longer fits
         filler = points[1] / "filler.bin"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=34", "status=none"], check=True)
+        image_bytes = sum(f.stat().st_size for f in image.rglob("*") if f.is_file())
+        count = (shutil.disk_usage(points[1]).free - image_bytes // 2) // 2**20
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", f"count={count}", "status=none"], check=True)
         result = write(appliance_cli, image, *points)
         assert result.returncode == 1
         rows = table_rows(result.stdout)
