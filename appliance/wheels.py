@@ -38,6 +38,15 @@ _PLATFORMS: dict[str, dict[str, str]] = {
     "win_amd64": {"sys_platform": "win32", "platform_machine": "AMD64", "os_name": "nt", "platform_system": "Windows"},
 }
 PLATFORMS = tuple(_PLATFORMS)
+# uv's --python-platform for each target: `uv pip install --dry-run` then evaluates the lock's
+# markers for that platform (pip's --platform keeps this machine's markers).
+UV_PLATFORMS = {
+    "linux_x86_64": f"x86_64-manylinux_2_{MANYLINUX_GLIBC_MINOR}",
+    "linux_aarch64": f"aarch64-manylinux_2_{MANYLINUX_GLIBC_MINOR}",
+    "macosx_arm64": "aarch64-apple-darwin",
+    "macosx_x86_64": "x86_64-apple-darwin",
+    "win_amd64": "x86_64-pc-windows-msvc",
+}
 
 
 def host_platform() -> str:
@@ -302,6 +311,15 @@ def wheels_for(pins: Sequence[Pin], dest: Path, target: Target) -> tuple[list[Pa
         else:
             found.append(wheel)
     return found, missing
+
+
+def resolve_command(uv: str, lock: Path, target: Target, scratch: Path, find_links: Path | None) -> list[str]:
+    """uv's resolver, for `target`, over the whole lock with its hashes: from `find_links` alone
+    (no index), or from PyPI's metadata (no wheel is downloaded) when it is None."""
+    source = ["--no-index", "--find-links", str(find_links)] if find_links else ["--index-url", "https://pypi.org/simple"]
+    return [uv, "pip", "install", "--no-config", "--dry-run", "--target", str(scratch / "target"),
+            "--cache-dir", str(scratch / "uv-cache"), "--python-platform", UV_PLATFORMS[target.platform],
+            "--python-version", target.python, "--only-binary", ":all:", "--require-hashes", *source, "-r", str(lock)]
 
 
 def wheelhouse_size(dest: Path) -> int:
