@@ -564,3 +564,78 @@ def test_a_file_system_without_a_drive_is_refused(appliance_cli, tmp_path):
         assert "not on a block device" in result.stderr and "--force" in result.stderr
     finally:
         subprocess.run(["umount", str(point)], check=False)
+
+
+# --- local mode on the drive: what the guide may promise, the launchers --------------------
+
+def test_build_refuses_a_guide_promising_platforms_without_wheels_uv_or_python(appliance_cli, tmp_path, small_ova):
+    from shiphelpers import WORKSHOP
+    data = {k: v for k, v in WORKSHOP.items() if k != "drive"}  # the default: four platforms, CPython 3.13
+    root = make_checkout(tmp_path / "c", installers=False, workshop=data)
+    out = tmp_path / "image"
+    result = build(appliance_cli, root, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    for platform in ("win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64"):
+        assert f"{platform}: " in lines[0]
+    assert "CPython 3.13" in lines[0] and "uv" in lines[0] and "drive.platforms" in lines[0]
+    assert not out.exists()
+
+
+def test_build_counts_a_wheel_whose_hash_is_not_the_locks_as_missing(appliance_cli, tmp_path, small_ova):
+    from shiphelpers import WORKSHOP
+    data = dict(WORKSHOP, drive={"platforms": ["linux_x86_64"], "python": "3.11"})
+    root = make_checkout(tmp_path / "c", installers=False, workshop=data)  # its numpy wheel is random bytes
+    result = build(appliance_cli, root, small_ova, tmp_path / "image", "--drive-size", "64M")
+    assert result.returncode == 2
+    assert "linux_x86_64: 1 wheel(s) for Python 3.11 (e.g. numpy==2.1.0)" in result.stderr
+    assert "win_amd64" not in result.stderr
+
+
+def launcher_call(text: str, uv: str) -> list[str]:
+    """The arguments after `<uv> run` in a launcher, with line continuations joined."""
+    text = text.replace("\\\n", " ").replace("\r\n", "\n")
+    line = next(ln for ln in text.splitlines() if f"{uv}\" run " in ln)
+    return line.split(f"{uv}\" run ", 1)[1].split()
+
+
+def test_the_three_launchers_call_the_one_entry_point_with_the_same_arguments(tmp_path):
+    from appliance import launcher
+    from appliance.thumbdrive import launchers
+
+    scripts = launchers.scripts("dl-workshop-2026.11", "3.13", ["win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64"])
+    assert set(scripts) == {launchers.WINDOWS, launchers.MACOS, launchers.LINUX}
+    linux = launcher_call(scripts[launchers.LINUX], "$home_dir/bin/uv")
+    macos = launcher_call(scripts[launchers.MACOS], "$home_dir/bin/uv")
+    windows = launcher_call(scripts[launchers.WINDOWS], "%WHOME%\\bin\\uv.exe")
+    assert linux == macos
+    assert linux[:3] == windows[:3] == ["--no-project", "--python", "3.13"]
+    assert linux[3] == '"$drive/local-mode/appliance/launcher.py"'
+    assert windows[3] == '"%DRIVE%\\local-mode\\appliance\\launcher.py"'
+    flags = lambda args: [a for a in args if a.startswith("--")]  # noqa: E731
+    assert flags(linux) == flags(windows) == ["--no-project", "--python", "--drive", "--home", "--uv"]
+    # the entry point (standard library only: it runs on the drive's bare CPython) takes these
+    helped = subprocess.run([sys.executable, "-I", str(Path(launcher.__file__))], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert helped.returncode == 2 and "--drive" in helped.stderr  # argparse: the required options
+    parser_flags = set(re.findall(r"--[a-z-]+", subprocess.run(
+        [sys.executable, "-I", str(Path(launcher.__file__)), "--help"], capture_output=True, text=True).stdout))
+    assert {"--drive", "--home", "--uv", "--no-browser", "--port"} <= parser_flags
+    assert linux[-1] == '"$@"' and windows[-1] == "%*"
+
+    # Windows: CRLF throughout, quoted paths (spaces), UTF-8 code page (non-ASCII user names),
+    # uv's Python from the drive, no network
+    cmd = scripts[launchers.WINDOWS]
+    assert "\r\n" in cmd and "\n" not in cmd.replace("\r\n", "")
+    assert "chcp 65001" in cmd and '"%USERPROFILE%\\dl-workshop-2026.11"' in cmd.replace('set "WHOME=', '"')
+    assert 'set "UV_PYTHON_INSTALL_MIRROR=file:///%DRIVE:\\=/%/python"' in cmd and 'set "UV_OFFLINE=1"' in cmd
+    assert '--python-downloads-json-url "%DRIVE%\\python\\downloads.json" 3.13' in cmd
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (bin/install-test-deps installs it)")
+    for name in (launchers.MACOS, launchers.LINUX):
+        path = tmp_path / name
+        path.write_text(scripts[name])
+        check = subprocess.run(["shellcheck", "--shell=sh", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
