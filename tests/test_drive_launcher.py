@@ -12,6 +12,7 @@ uv itself is the real uv wheel from PyPI, fetched by `appliance fetch` through a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -187,3 +188,23 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
     finally:
         stop(process)
     print(f"first start {first:.1f} s, second start {second:.1f} s")
+
+
+def test_the_guide_tells_exactly_what_this_drive_holds(drive):
+    mount, _, output = drive
+    text = (mount / "README.txt").read_text(encoding="utf-8")
+    assert "sh start-workshop-linux.sh" in text and "Linux (64-bit Intel/AMD)" in text
+    assert "Python 3.11" in text and "no administrator rights" in text
+    assert ".cmd" not in text and ".command" not in text  # no Windows or macOS files on this drive
+    assert "Windows (64-bit Intel/AMD), macOS on Apple Silicon (M1 and later, macOS 14+), Linux on 64-bit ARM, Intel Macs) use the VM" in text
+    assert sorted(p.name for p in mount.iterdir() if p.suffix in (".sh", ".cmd", ".command")) == ["start-workshop-linux.sh"]
+    assert sorted(p.name for p in (mount / "tools").iterdir()) == ["linux_x86_64"]
+    downloads = json.loads((mount / "python" / "downloads.json").read_text())
+    [(key, entry)] = downloads.items()
+    assert key.startswith("cpython-3.11.") and key.endswith("-linux-x86_64-gnu")
+    archive = mount / "python" / entry["build"] / Path(entry["url"]).name.replace("%2B", "+")
+    assert sha256(archive) == entry["sha256"]
+    # each wheel once, and only what linux_x86_64 with Python 3.11 installs (no cp313 wheel)
+    names = [p.name for p in (mount / "wheels").iterdir()]
+    assert names and not [n for n in names if "-cp313-" in n]
+    assert "local mode for linux_x86_64:" in output
