@@ -11,6 +11,7 @@ uv itself is the real uv wheel from PyPI, fetched by `appliance fetch` through a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,9 +68,10 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory, wheelhouse: Path):
-    base = tmp_path_factory.mktemp("drive")
+@contextlib.contextmanager
+def drive_image(base: Path, wheelhouse: Path) -> Iterator[tuple[Path, Path, str]]:
+    """A Linux x86_64 drive made by `thumbdrive build`, bind-mounted read-only at a path with
+    spaces: (mount point, base, build output). bench/thumbdrive.py uses it too."""
     checkout = base / "checkout"
     for folder in ("appliance", "requirements", "local"):
         shutil.copytree(REPO_ROOT / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -110,6 +113,12 @@ def drive(tmp_path_factory, wheelhouse: Path):
         yield mount, base, built.stdout
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory, wheelhouse: Path):
+    with drive_image(tmp_path_factory.mktemp("drive"), wheelhouse) as made:
+        yield made
 
 
 def participant_env(base: Path) -> dict[str, str]:
