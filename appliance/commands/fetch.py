@@ -69,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     assets = select_assets(loaded, args.only, args.pin, args.installers)
     if args.retries < 0:
         raise ApplianceError("--retries must be 0 or more")
+    if args.python and not args.wheels:
+        raise ApplianceError("--python only adds wheels: give it with --wheels")
+    for version in args.python:
+        if version not in ("3.11", "3.12", "3.13"):
+            raise ApplianceError(f"--python {version}: the lock serves CPython 3.11, 3.12 or 3.13; give one of those")
     outcomes = fetch_assets(
         assets,
         cache,
