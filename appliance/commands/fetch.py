@@ -13,6 +13,12 @@ from appliance.paths import config_path, lock_file
 from appliance.table import format_table, human_size
 
 
+class UsageError(ApplianceError):
+    """A flag given wrongly: exit status 2, like every other bad input."""
+
+    exit_code = 2
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = subparsers.add_parser(
         "fetch",
@@ -70,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ApplianceError("--retries must be 0 or more")
     if args.python and not args.wheels:
-        raise ApplianceError("--python only adds wheels: give it with --wheels")
+        raise UsageError("--python only adds wheels: give it with --wheels")
     for version in args.python:
         if version not in ("3.11", "3.12", "3.13"):
-            raise ApplianceError(f"--python {version}: the lock serves CPython 3.11, 3.12 or 3.13; give one of those")
+            raise UsageError(f"--python {version}: the lock serves CPython 3.11, 3.12 or 3.13; give one of those")
     outcomes = fetch_assets(
         assets,
         cache,
