@@ -298,9 +298,15 @@ def fill(lock: Path, dest: Path, targets: Sequence[Target]) -> None:
         build_wheelhouse(lock, dest, pythons, platform)
 
 
-def wheels_for(pins: Sequence[Pin], dest: Path, target: Target) -> tuple[list[Path], list[str]]:
+def verifier(dest: Path, pins: Sequence[Pin]) -> _Verified:
+    """Share one between wheels_for calls over the same folder: each wheel is hashed once."""
+    return _Verified(dest, pins)
+
+
+def wheels_for(pins: Sequence[Pin], dest: Path, target: Target,
+               verified: _Verified | None = None) -> tuple[list[Path], list[str]]:
     """(the verified wheels in `dest` that `target` installs, names of pins with none there)."""
-    verified = _Verified(dest, pins)
+    verified = verified or _Verified(dest, pins)
     accepted = target_tags(target.python, target.platform)
     found: list[Path] = []
     missing: list[str] = []

@@ -23,7 +23,7 @@ from appliance.lockfile import parse_lock
 from appliance.manifest import Asset
 from appliance.paths import cache_dir, lock_file, wheels_dir
 from appliance.thumbdrive import launchers
-from appliance.wheels import Target, sha256_of, wheels_for
+from appliance.wheels import Target, sha256_of, verifier, wheels_for
 
 # uv's default download host; UV_PYTHON_INSTALL_MIRROR replaces this prefix with the drive's folder.
 PBS_PREFIX = "https://github.com/astral-sh/python-build-standalone/releases/download"
@@ -123,8 +123,9 @@ def plan_local_mode(loaded: LoadedConfig) -> LocalMode:
     wheels: dict[str, Path] = {}
     downloads: dict[str, dict] = {}
     tools = cache_dir(loaded.root) / "drive-tools"
+    verified = verifier(wheels_dir(loaded.root), pins)
     for platform in drive.platforms:
-        found, missing = wheels_for(pins, wheels_dir(loaded.root), Target(drive.python, platform))
+        found, missing = wheels_for(pins, wheels_dir(loaded.root), Target(drive.python, platform), verified)
         lacks = []
         if missing:
             lacks.append(f"{len(missing)} wheel(s) for Python {drive.python} (e.g. {missing[0]})")
