@@ -2,12 +2,11 @@
 target, installs it (dry run) from PyPI's metadata with the lock's hashes (no multi-GB wheel
 download in CI), and from the drive's own wheels alone with no index; a missing wheel fails
 naming it. What each platform's wheels are made of is then `appliance.wheels.wheels_for`, which
-re-hashes every file (tested in test_thumbdrive_local.py through `thumbdrive build`)."""
+re-hashes every file (tests/test_thumbdrive.py: a wheel whose hash is not the lock's is missing for `thumbdrive build`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
