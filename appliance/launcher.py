@@ -4,13 +4,16 @@ The drive's per-OS launchers (`Start workshop (Windows).cmd`, `Start workshop (m
 `start-workshop-linux.sh`) only copy uv to the participant's home folder, let it install the
 drive's CPython, and run this file with it:
 
-    uv run --no-project --python 3.13 local-mode/appliance/launcher.py --drive D --home H --uv UV
+    uv run --no-project --python 3.13 python -I local-mode/appliance/launcher.py --drive D --home H --uv UV
 
-Standard library only: it runs before the workshop environment exists, with no appliance venv.
+Standard library only, run isolated (-I: nothing of its folder, PYTHONPATH or user site shadows
+a standard module): it runs before the workshop environment exists, with no appliance venv.
 It builds H/env from the drive's wheels (uv, --no-index --require-hashes), copies the notebooks
 (never over a participant's own copy) and places the assets in H, then serves JupyterLab on
 127.0.0.1 with a token kept in a 0600 file and passed through the environment, never argv.
-A second start finds everything in place and only starts JupyterLab.
+A second start finds everything in place and only starts JupyterLab. The first start also
+leaves H/start-workshop.sh, .command or .cmd (this file and the drive's settings copied to H),
+so later starts need neither the drive nor uv: the drive goes on to the next participant.
 """
 
 from __future__ import annotations
@@ -200,20 +203,63 @@ def start_jupyter(home: Path, env: Path, info: dict, port: int | None, browser: 
                 process.kill()
 
 
+HOME_SH = """#!/bin/sh
+# Starts the workshop again without the drive (written by its first start).
+home_dir=$(cd "$(dirname "$0")" && pwd -P)
+exec "$home_dir/env/bin/python" -I "$home_dir/launcher.py" --home "$home_dir" "$@"
+"""
+HOME_CMD = """@echo off\r
+rem Starts the workshop again without the drive (written by its first start).\r
+chcp 65001 >nul\r
+"%~dp0env\\Scripts\\python.exe" -I "%~dp0launcher.py" --home "%~dp0." %*\r
+if errorlevel 1 pause\r
+"""
+
+
+def keep_at_home(drive: Path, home: Path) -> None:
+    """This file, the drive's settings and a start file in H: later starts work without the drive."""
+    copy_new(Path(__file__), home / "launcher.py")
+    copy_new(drive / DRIVE_JSON, home / "drive.json")
+    names = ["start-workshop.cmd"] if WINDOWS else ["start-workshop.sh", "start-workshop.command"]
+    for name in names:
+        target = home / name
+        target.write_text(HOME_CMD if WINDOWS else HOME_SH, encoding="utf-8", newline="")
+        target.chmod(0o755)
+
+
+def from_home(home: Path) -> tuple[dict, Path]:
+    """The settings and environment a first start from the drive left in H."""
+    try:
+        info = json.loads((home / "drive.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LaunchError(f"{home} holds no workshop yet; start it once from the drive") from None
+    env = home / "env"
+    if not (env / STAMP).is_file() or not env_python(env).exists():
+        raise LaunchError(f"{env} is not complete; start the workshop once more from the drive")
+    return info, env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start the workshop from the thumb drive (local mode).")
-    parser.add_argument("--drive", type=Path, required=True, help="the drive's top folder")
     parser.add_argument("--home", type=Path, required=True, help="the participant's workshop folder")
-    parser.add_argument("--uv", type=Path, required=True, help="the uv binary copied from the drive")
+    parser.add_argument("--drive", type=Path, help="the drive's top folder (without it: start what an earlier start set up)")
+    parser.add_argument("--uv", type=Path, help="the uv binary copied from the drive (with --drive)")
     parser.add_argument("--port", type=int, help="JupyterLab's port (default: workshop.yml's, or the next free)")
     parser.add_argument("--no-browser", action="store_true", help="print the address instead of opening a browser")
     args = parser.parse_args(argv)
     try:
-        drive, home = args.drive.resolve(), args.home.resolve()
-        info = read_drive(drive)
-        home.mkdir(parents=True, exist_ok=True)
-        env = ensure_env(drive, home, args.uv, info)
-        place_files(drive, home, info)
+        home = args.home.resolve()
+        if args.drive is None:
+            info, env = from_home(home)
+        else:
+            if args.uv is None:
+                raise LaunchError("--drive needs --uv (the drive's launchers give both)")
+            drive = args.drive.resolve()
+            info = read_drive(drive)
+            home.mkdir(parents=True, exist_ok=True)
+            env = ensure_env(drive, home, args.uv, info)
+            place_files(drive, home, info)
+            keep_at_home(drive, home)
         return start_jupyter(home, env, info, args.port, not args.no_browser)
     except LaunchError as exc:
         print(f"workshop: {exc}", file=sys.stderr)

@@ -134,10 +134,11 @@ def participant_env(base: Path) -> dict[str, str]:
             "UV_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
 
 
-def start(mount: Path, env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen, float, str]:
+def start(mount: Path, env: dict[str, str], port: int, log: Path,
+          script: str = "start-workshop-linux.sh") -> tuple[subprocess.Popen, float, str]:
     begin = time.monotonic()
     handle = log.open("w")
-    process = subprocess.Popen(["/bin/sh", str(mount / "start-workshop-linux.sh"), "--no-browser", "--port", str(port)],
+    process = subprocess.Popen(["/bin/sh", str(mount / script), "--no-browser", "--port", str(port)],
                                env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = begin + 1500
     while time.monotonic() < deadline:
@@ -194,6 +195,17 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
     try:
         assert "building the workshop environment" not in log
         assert (home / "notebooks" / "hello.ipynb").read_text() == "my own work"  # never overwritten
+    finally:
+        stop(process)
+
+    # the drive goes on to the next participant: the home folder starts without it
+    script = (home / "start-workshop.sh").read_text()
+    assert str(mount) not in script and "drive" not in (home / "start-workshop.command").read_text().split("\n", 2)[2]
+    process, _, log = start(home, env, port, base / "third.log", script="start-workshop.sh")
+    try:
+        url = (home / "jupyter-url").read_text().strip()  # the port, or the next free one
+        assert url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{url}api/status", headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
     finally:
         stop(process)
     print(f"first start {first:.1f} s, second start {second:.1f} s")

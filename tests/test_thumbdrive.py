@@ -610,9 +610,9 @@ def test_the_three_launchers_call_the_one_entry_point_with_the_same_arguments(tm
     macos = launcher_call(scripts[launchers.MACOS], "$home_dir/bin/uv")
     windows = launcher_call(scripts[launchers.WINDOWS], "%WHOME%\\bin\\uv.exe")
     assert linux == macos
-    assert linux[:3] == windows[:3] == ["--no-project", "--python", "3.13"]
-    assert linux[3] == '"$drive/local-mode/appliance/launcher.py"'
-    assert windows[3] == '"%DRIVE%\\local-mode\\appliance\\launcher.py"'
+    assert linux[:5] == windows[:5] == ["--no-project", "--python", "3.13", "python", "-I"]
+    assert linux[5] == '"$drive/local-mode/appliance/launcher.py"'
+    assert windows[5] == '"%DRIVE%\\local-mode\\appliance\\launcher.py"'
     flags = lambda args: [a for a in args if a.startswith("--")]  # noqa: E731
     assert flags(linux) == flags(windows) == ["--no-project", "--python", "--drive", "--home", "--uv"]
     # the entry point (standard library only: it runs on the drive's bare CPython) takes these

@@ -36,7 +36,7 @@ export UV_NO_CONFIG=1 UV_OFFLINE=1 UV_PYTHON_PREFERENCE=only-managed
 export UV_PYTHON_INSTALL_DIR="$home_dir/python" UV_CACHE_DIR="$home_dir/uv-cache"
 export UV_PYTHON_INSTALL_MIRROR="file://$drive/python"
 "$home_dir/bin/uv" python install --quiet --python-downloads-json-url "$drive/python/downloads.json" {python}
-exec "$home_dir/bin/uv" run --no-project --python {python} "$drive/{entry}" \\
+exec "$home_dir/bin/uv" run --no-project --python {python} python -I "$drive/{entry}" \\
     --drive "$drive" --home "$home_dir" --uv "$home_dir/bin/uv" "$@"
 """
 
@@ -69,7 +69,7 @@ set "UV_PYTHON_INSTALL_DIR=%WHOME%\\python"
 set "UV_CACHE_DIR=%WHOME%\\uv-cache"
 set "UV_PYTHON_INSTALL_MIRROR=file:///%DRIVE:\\=/%/python"
 "%WHOME%\\bin\\uv.exe" python install --quiet --python-downloads-json-url "%DRIVE%\\python\\downloads.json" {python} || goto failed
-"%WHOME%\\bin\\uv.exe" run --no-project --python {python} "%DRIVE%\\{entry_win}" --drive "%DRIVE%" --home "%WHOME%" --uv "%WHOME%\\bin\\uv.exe" %*
+"%WHOME%\\bin\\uv.exe" run --no-project --python {python} python -I "%DRIVE%\\{entry_win}" --drive "%DRIVE%" --home "%WHOME%" --uv "%WHOME%\\bin\\uv.exe" %*
 if errorlevel 1 goto failed
 exit /b 0
 :failed
