@@ -215,7 +215,8 @@ def test_the_guide_tells_exactly_what_this_drive_holds(drive):
     mount, _, output = drive
     text = (mount / "README.txt").read_text(encoding="utf-8")
     assert "sh start-workshop-linux.sh" in text and "Linux (64-bit Intel/AMD)" in text
-    assert "Python 3.11" in text and "no administrator rights" in text
+    assert "Python 3.11" in text and "without administrator rights" in text
+    assert "need no drive: in that folder, run  sh start-workshop.sh  (Linux)." in text
     assert ".cmd" not in text and ".command" not in text  # no Windows or macOS files on this drive
     assert "Windows (64-bit Intel/AMD), macOS on Apple Silicon (M1 and later, macOS 14+), Linux on 64-bit ARM, Intel Macs) use the VM" in text
     assert sorted(p.name for p in mount.iterdir() if p.suffix in (".sh", ".cmd", ".command")) == ["start-workshop-linux.sh"]

@@ -137,14 +137,19 @@ def _local_section(facts: GuideFacts) -> list[tuple[str, list[str]]]:
     if any(p.startswith("linux_") for p in local):
         arches = " and ".join(LABELS[p].removeprefix("Linux on ") for p in local if p.startswith("linux_"))
         steps.append(f"Linux ({arches}): open a terminal in the drive's folder and run:  sh {launchers.LINUX}")
+    again = [text for platform, text in (("win_amd64", "double-click start-workshop.cmd (Windows)"),
+                                         ("macosx_arm64", "double-click start-workshop.command (macOS)"),
+                                         ("linux_", "run  sh start-workshop.sh  (Linux)"))
+             if any(p.startswith(platform) for p in local)]
     # Measured (bench/thumbdrive.py): the installed environment plus uv's cache take about 4.5
     # times the wheels and Python archive they come from.
     largest = max(facts.local_sizes.values())
     return [("Without a VM: nothing to install, no internet needed", [
         *steps,
         f"The first start copies Python {w.drive.python} and the workshop packages from the drive into the folder "
-        f"{folder} in your home folder (it needs about {math.ceil(largest * 5 / 1e9)} GB of free space; a few minutes); "
-        "it needs no administrator rights. Later starts take a few seconds.",
+        f"{folder} in your home folder (about {math.ceil(largest * 5 / 1e9)} GB of free space; a few minutes), "
+        "without administrator rights.",
+        "Later starts take a few seconds and need no drive: in that folder, " + "; ".join(again) + ".",
         f"Your browser opens JupyterLab at http://127.0.0.1:{w.ports.jupyter}/lab (or the next free port); the "
         f"window that starts it shows the address, and the token is in {folder}/jupyter-token.",
         f"Your notebooks are saved in {folder}/notebooks; nothing is written to the drive. Close that window "
