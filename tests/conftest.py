@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,12 @@ def workshop_python(request: pytest.FixtureRequest) -> Path:
     env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}"}
     subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
     return REPO_ROOT / "env" / "bin" / "python"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, repo_root: Path) -> Path:
+    """A folder holding the repository's assets.yml and one notebook: the smallest workshop to configure."""
+    shutil.copy(repo_root / "assets.yml", tmp_path / "assets.yml")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "one.ipynb").write_text("{}")
+    return tmp_path

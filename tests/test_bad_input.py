@@ -23,14 +23,6 @@ ALIAS_BOMB = '\n'.join(
 ) + "\n"
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, repo_root: Path) -> Path:
-    shutil.copy(repo_root / "assets.yml", tmp_path / "assets.yml")
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "one.ipynb").write_text("{}")
-    return tmp_path
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every entry below folder with its content hash (or link target): what 'unchanged' means."""
     state: dict[str, str] = {}

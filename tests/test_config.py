@@ -4,20 +4,11 @@ line that names the place and what to change, exit status 2 and no traceback."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from appliance.config import load_config
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, repo_root: Path) -> Path:
-    shutil.copy(repo_root / "assets.yml", tmp_path / "assets.yml")
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "one.ipynb").write_text("{}")
-    return tmp_path
 
 
 def test_repository_config_is_valid(appliance_cli, repo_root: Path) -> None:
