@@ -6,6 +6,7 @@ one-sector disk)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,83 @@ def test_a_console_without_a_panic_is_not_taken_for_one(tmp_path):
     assert not qemu.console_shows_panic(console)
     console.write_text(console.read_text() + "[    2.34] Kernel panic - not syncing: Fatal exception in interrupt\n")
     assert qemu.console_shows_panic(console)
+
+
+def _appliance(*args: str, repo_root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "appliance", *args], cwd=repo_root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo_root)}, timeout=300)
+
+
+def _debian_workshop(repo_root: Path, folder: Path) -> Path:
+    """The repository's workshop.yml with vm.os: debian (what the qemu provider builds), in `folder`."""
+    import yaml
+
+    workshop = yaml.safe_load((repo_root / "workshop.yml").read_text())
+    workshop["vm"]["os"] = "debian"
+    (folder / "notebooks").symlink_to(repo_root / "notebooks")
+    (folder / "assets.yml").write_text((repo_root / "assets.yml").read_text())
+    (folder / "workshop.yml").write_text(yaml.safe_dump(workshop, sort_keys=False))
+    return folder / "workshop.yml"
+
+
+def test_qemu_provider_refuses_an_os_it_does_not_build(repo_root):
+    import yaml
+
+    assert yaml.safe_load((repo_root / "workshop.yml").read_text())["vm"]["os"] == "fedora"
+    result = _appliance("build", "--provider", "qemu", "--dry-run", repo_root=repo_root)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "vm.os: fedora" in line and "debian" in line and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_qemu_build_dry_run_prints_the_native_build_and_writes_nothing(repo_root, tmp_path):
+    config = _debian_workshop(repo_root, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    built = _appliance("build", "--provider", "qemu", "--dry-run", "--config", str(config), repo_root=repo_root)
+    again = _appliance("build", "--provider", "qemu", "--provision-only", "--dry-run", "--config", str(config),
+                       repo_root=repo_root)
+    assert built.returncode == 0 and again.returncode == 0, built.stderr + again.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no key, no state folder
+    assert "community.general.chroot" in built.stdout and "mkfs.ext4" in built.stdout and " -d " in built.stdout
+    assert "verification boot" in built.stdout
+    assert "community.general.chroot" in again.stdout and "mkfs.ext4" not in again.stdout
+
+
+def test_kvm_answer_is_remembered_per_host(tmp_path, monkeypatch):
+    """The real probe runs once; its answer is reused while kernel and qemu stay the same,
+    and asked again when the recorded host differs."""
+    if shutil.which(qemu.QEMU) is None:
+        pytest.skip("qemu is not installed")
+    monkeypatch.delenv("APPLIANCE_QEMU_ACCEL", raising=False)
+    memo = tmp_path / "kvm-probe.json"
+    first = qemu.choose_accelerator(memo)
+    recorded = json.loads(memo.read_text())
+    assert recorded == {"host": qemu.host_key(), "kvm": first == "kvm"}
+    assert os.uname().release in recorded["host"] and "QEMU" in recorded["host"]
+
+    memo.write_text(json.dumps({"host": qemu.host_key(), "kvm": first != "kvm"}))  # what a failed KVM boot records
+    assert qemu.choose_accelerator(memo) != first  # remembered, not probed
+    memo.write_text(json.dumps({"host": "another kernel | QEMU emulator version 1.0", "kvm": first != "kvm"}))
+    assert qemu.choose_accelerator(memo) == first  # another host: probed again
+    assert json.loads(memo.read_text())["host"] == qemu.host_key()
+
+
+def test_export_labels_the_os_the_build_recorded(repo_root, tmp_path):
+    """workshop.yml says fedora; the qemu build recorded debian next to its disk: the OVF says Debian."""
+    import tarfile
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    state = tmp_path / "state"
+    state.mkdir()
+    disk = state / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    (state / "build.json").write_text(json.dumps({"os": "debian", "version": "13"}))
+    result = _appliance("export", "--disk", str(disk), "--provider", "qemu", "--out", str(tmp_path / "dist"),
+                        repo_root=repo_root)
+    assert result.returncode == 0, result.stderr
+    (ova_path,) = (tmp_path / "dist").glob("*.ova")
+    with tarfile.open(ova_path) as tar:
+        ovf = next(tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".ovf"))
+    assert "Debian_64" in ovf and "Fedora_64" not in ovf

@@ -48,6 +48,10 @@ def check_cache(config: LoadedConfig) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.provider == "qemu":
+        from appliance.vm.qemu_build import check_os
+
+        check_os(config)
     if args.dry_run:
         for command in dry_run_commands(config, args.provider, args.provision_only):
             print(command)
@@ -68,6 +72,8 @@ def run_build(args: argparse.Namespace) -> int:
         for role, seconds in sorted(report.role_seconds.items(), key=lambda item: -item[1]):
             log(f"  {role:<20} {seconds:8.1f} s")
         log(f"changed tasks: {report.changed}")
+        if result.boot_seconds:
+            log(f"verification boot: Jupyter ready after {result.boot_seconds:.0f} s")
         log(f"built disk: {result.disk} (halted)")
     else:
         from appliance.vm import vagrant_driver
@@ -96,18 +102,9 @@ def print_access(config: LoadedConfig) -> None:
 
 def dry_run_commands(config: LoadedConfig, provider: str, provision_only: bool) -> list[str]:
     if provider == "qemu":
-        from appliance.vm import qemu
-        from appliance.vm.cachepaths import vm_cache
-        from appliance.vm.image import base_image_path
-        from appliance.vm.playbook import PLAYBOOK
-        from appliance.vm.qemu_build import planned_play_commands
+        from appliance.vm.qemu_build import planned_build_commands
 
-        base = base_image_path(vm_cache(config), config.workshop.vm.disk_gb)
-        disk = qemu.built_disk_path(config)
-        commands = []
-        if not provision_only:
-            commands.append(shlex.join(["qemu-img", "convert", "-O", "qcow2", str(base), str(disk)]))
-        return commands + planned_play_commands(config, disk, PLAYBOOK)
+        return planned_build_commands(config, provision_only)
     from appliance.vm import vagrant_driver
 
     return vagrant_driver.planned_commands(config, provider, provision_only)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         sealed = qemu_build.finalize(loaded, disk, log=_say)
         _say(f"sealed in {sealed.report.total_seconds:.0f} s (boot to ssh {sealed.boot_seconds:.0f} s)")
     settings = ova.settings_from_workshop(loaded.workshop, eula=eula, firmware=args.firmware.upper())
+    from appliance.vm.qemu_build import recorded_os  # the label says what the build made, not what vm.os asks
+
+    settings = dataclasses.replace(settings, os=recorded_os(disk, settings.os))
     result = ova.export_qemu(settings, disk, out_dir, _say)
     _report(result.ova, result.ova_size, result.seconds, result.disk)
     return 0

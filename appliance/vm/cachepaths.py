@@ -20,3 +20,8 @@ def workshop_state(config: LoadedConfig) -> Path:
 def jupyter_token_path(config: LoadedConfig) -> Path:
     """The token the jupyter role makes at the first build (kept on the controller, never in the repo)."""
     return workshop_state(config) / "jupyter-token"
+
+
+def build_record_path(config: LoadedConfig) -> Path:
+    """build.json: what the qemu provider built (OS and version), read by `appliance export`."""
+    return workshop_state(config) / "build.json"

@@ -1,10 +1,9 @@
-"""The qemu provider's base image: Debian 13 (trixie) from Debian's mirror, built with
-mmdebstrap onto a partitioned disk with a real bootloader (extlinux in the MBR), so the
-same disk boots under qemu here and in VirtualBox after export.
-
-The image holds only what Vagrant's base boxes hold (kernel, systemd, ssh, sudo, python3,
-a `vagrant` user with a key made for this image); everything else is the playbook's job.
-It is cached under cache/vm keyed by a hash of this recipe and the public key.
+"""The qemu provider's root file system and disks: Debian 13 (trixie) from Debian's mirror
+with mmdebstrap (a tar, cached under cache/vm keyed by this recipe), unpacked into a host
+folder and configured as Vagrant's base boxes are (kernel, systemd, ssh, sudo, python3, a
+`vagrant` user with a key made for this cache); everything else is the playbook's job.
+`write_disk` turns such a folder into a partitioned disk with a real bootloader (extlinux
+in the MBR), so the same disk boots under qemu here and in VirtualBox after export.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 from appliance.errors import ApplianceError
 
@@ -63,8 +63,8 @@ class BaseImage:
     user: str = USER
 
 
-def _recipe_hash(public_key: str, disk_gb: int) -> str:
-    recipe = "\n".join([RECIPE_VERSION, SUITE, MIRROR, *PACKAGES, NETWORK_UNIT, SUDOERS, public_key, str(disk_gb)])
+def _recipe_hash(*parts: str) -> str:
+    recipe = "\n".join([RECIPE_VERSION, SUITE, MIRROR, *PACKAGES, *parts])
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -88,55 +88,134 @@ def build_key_path(vm_cache: Path) -> Path:
     return vm_cache / "ssh" / "id_ed25519"
 
 
-def base_image_path(vm_cache: Path, disk_gb: int) -> Path:
-    key = ensure_key(build_key_path(vm_cache).parent)
-    public = key.with_name("id_ed25519.pub").read_text().strip()
-    return vm_cache / f"base-{SUITE}-{_recipe_hash(public, disk_gb)}.qcow2"
+def public_key(vm_cache: Path, create: bool = True) -> str:
+    """The build key's public half; with create=False (--dry-run) nothing is written and a
+    missing key reads as empty."""
+    path = build_key_path(vm_cache).with_name("id_ed25519.pub")
+    if create:
+        ensure_key(path.parent)
+    return path.read_text().strip() if path.exists() else ""
+
+
+def rootfs_tarball_path(vm_cache: Path) -> Path:
+    """mmdebstrap's root file system as a tar: the start of every qemu build (no key inside)."""
+    return vm_cache / f"rootfs-{SUITE}-{_recipe_hash()}.tar"
+
+
+def base_image_path(vm_cache: Path, disk_gb: int, create_key: bool = True) -> Path:
+    key = public_key(vm_cache, create_key)
+    return vm_cache / f"base-{SUITE}-{_recipe_hash(NETWORK_UNIT, SUDOERS, key, str(disk_gb))}.qcow2"
 
 
 def missing_tools() -> list[str]:
-    tools = ["mmdebstrap", "qemu-img", "sfdisk", "losetup", "mkfs.ext4", "extlinux", "ssh-keygen", "mount"]
+    tools = ["mmdebstrap", "qemu-img", "sfdisk", "losetup", "mkfs.ext4", "extlinux", "ssh-keygen", "mount", "chroot"]
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if not MBR_BIN.exists():
         missing.append(f"{MBR_BIN} (package syslinux-common)")
     return missing
 
 
+def require_root_tools(what: str) -> None:
+    if os.geteuid() != 0:
+        raise ApplianceError(f"{what} needs root (mmdebstrap, chroot, loop devices); run it as root")
+    missing = missing_tools()
+    if missing:
+        raise ApplianceError(f"{what} needs {', '.join(missing)}; install them (bin/install-test-deps does)")
+
+
+def mmdebstrap_command(tarball: Path) -> list[str]:
+    return [
+        "mmdebstrap",
+        "--variant=apt",
+        "--mode=root",
+        "--format=tar",
+        # Keep the package lists: the playbook's apt cache_valid_time trusts them.
+        "--skip=cleanup/apt/lists",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(tarball),
+        MIRROR,
+    ]
+
+
+def ensure_rootfs_tarball(vm_cache: Path, log: Callable[[str], None] = print) -> Path:
+    """The cached mmdebstrap tar, made first when the recipe changed."""
+    path = rootfs_tarball_path(vm_cache)
+    if path.exists():
+        log(f"root file system: cached {path}")
+        return path
+    require_root_tools("building the qemu root file system")
+    vm_cache.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    log(f"root file system: Debian {SUITE} from {MIRROR} with mmdebstrap (a few minutes, cached afterwards)")
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        _run(mmdebstrap_command(partial), stream=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    for old in vm_cache.glob(f"rootfs-{SUITE}-*.tar"):
+        if old != path:
+            old.unlink()
+    log(f"root file system: made {path} in {time.monotonic() - started:.0f} s")
+    return path
+
+
+def unpack_root(tarball: Path, root: Path, vm_cache: Path, uuid: str) -> None:
+    """The root file system in a host folder, configured as the base image is (user, key,
+    network, bootloader configuration naming the file system `uuid` that write_disk makes)."""
+    root.mkdir(parents=True)
+    _run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tarball)])
+    _configure(root, uuid, public_key(vm_cache) + "\n")
+
+
+def write_disk(root: Path, raw: Path, disk_gb: int, uuid: str) -> None:
+    """A bootable raw disk from a root folder: one MBR partition made by `mkfs.ext4 -d`
+    (the files copied while the file system is made, no mount needed) and extlinux."""
+    with raw.open("wb") as handle:
+        handle.truncate(disk_gb * 1024**3)
+    # One bootable Linux partition from 1 MiB: the MBR layout every hypervisor's BIOS boots.
+    _run(["sfdisk", "--quiet", str(raw)], input=f"label: dos\nstart={PARTITION_START_SECTOR}, type=83, bootable\n")
+    start = PARTITION_START_SECTOR * 512
+    size = disk_gb * 1024**3 - start
+    # A loop device over the partition alone: partition nodes (losetup -P) need udev,
+    # which containers and CI runners often lack.
+    loop = _run(["losetup", "--find", "--show", f"--offset={start}", f"--sizelimit={size}", str(raw)]).strip()
+    mountpoint = raw.parent / f"{raw.stem}-mnt"
+    mountpoint.mkdir(exist_ok=True)
+    try:
+        # extlinux does not read ext4's 64bit layout; a 20 GB root does not need it.
+        _run(["mkfs.ext4", "-q", "-O", "^64bit", "-L", "root", "-U", uuid, "-d", str(root), loop])
+        _run(["mount", loop, str(mountpoint)])
+        try:
+            _run(["extlinux", "--install", str(mountpoint / "boot" / "extlinux")])
+        finally:
+            _run(["umount", str(mountpoint)])
+        with raw.open("r+b") as disk:
+            disk.write(MBR_BIN.read_bytes()[:440])
+    finally:
+        _run(["losetup", "--detach", loop])
+        mountpoint.rmdir()
+
+
 def ensure_base_image(vm_cache: Path, disk_gb: int, log: Callable[[str], None] = print) -> BaseImage:
-    """Return the cached base image, building it first when the recipe changed."""
+    """The unprovisioned, bootable base disk (cached): what the panic test and the export
+    test of a bare image boot. The workshop build itself starts from the tarball."""
     path = base_image_path(vm_cache, disk_gb)
     key = build_key_path(vm_cache)
     if path.exists():
         log(f"base image: cached {path}")
         return BaseImage(disk=path, key=key)
-    if os.geteuid() != 0:
-        raise ApplianceError("building the qemu base image needs root (mmdebstrap, loop devices); run as root once, it is cached")
-    missing = missing_tools()
-    if missing:
-        raise ApplianceError(f"building the qemu base image needs {', '.join(missing)}; install them (bin/install-test-deps does)")
+    tarball = ensure_rootfs_tarball(vm_cache, log)
+    require_root_tools("building the qemu base image")
     started = time.monotonic()
-    log(f"base image: building Debian {SUITE} from {MIRROR} (a few minutes, cached afterwards)")
-    public = key.with_name("id_ed25519.pub").read_text()
     with tempfile.TemporaryDirectory(prefix="base-", dir=vm_cache) as work:
         workdir = Path(work)
-        tarball = workdir / "root.tar"
-        _run(
-            [
-                "mmdebstrap",
-                "--variant=apt",
-                "--mode=root",
-                "--format=tar",
-                # Keep the package lists: the playbook's apt cache_valid_time trusts them.
-                "--skip=cleanup/apt/lists",
-                f"--include={','.join(PACKAGES)}",
-                SUITE,
-                str(tarball),
-                MIRROR,
-            ],
-            stream=True,
-        )
+        uuid = str(uuid4())
+        unpack_root(tarball, workdir / "root", vm_cache, uuid)
         raw = workdir / "disk.raw"
-        _make_disk(raw, tarball, public, disk_gb, log)
+        write_disk(workdir / "root", raw, disk_gb, uuid)
         temporary = path.with_suffix(".qcow2.tmp")
         _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(temporary)])
         os.replace(temporary, path)
@@ -145,37 +224,6 @@ def ensure_base_image(vm_cache: Path, disk_gb: int, log: Callable[[str], None] =
             old.unlink()
     log(f"base image: built {path} in {time.monotonic() - started:.0f} s")
     return BaseImage(disk=path, key=key)
-
-
-def _make_disk(raw: Path, tarball: Path, public_key: str, disk_gb: int, log: Callable[[str], None]) -> None:
-    with raw.open("wb") as handle:
-        handle.truncate(disk_gb * 1024**3)
-    # One bootable Linux partition from 1 MiB: the MBR layout every hypervisor's BIOS boots.
-    _run(["sfdisk", "--quiet", str(raw)], input=f"label: dos\nstart={PARTITION_START_SECTOR}, type=83, bootable\n")
-    # A loop device over the partition alone: partition nodes (losetup -P) need udev,
-    # which containers and CI runners often lack.
-    start = PARTITION_START_SECTOR * 512
-    size = disk_gb * 1024**3 - start
-    loop = _run(["losetup", "--find", "--show", f"--offset={start}", f"--sizelimit={size}", str(raw)]).strip()
-    mountpoint = raw.parent / "mnt"
-    mountpoint.mkdir()
-    try:
-        partition = loop
-        # extlinux does not read ext4's 64bit layout; a 20 GB root does not need it.
-        _run(["mkfs.ext4", "-q", "-O", "^64bit", "-L", "root", partition])
-        uuid = _run(["blkid", "-s", "UUID", "-o", "value", partition]).strip()
-        _run(["mount", partition, str(mountpoint)])
-        try:
-            log("base image: unpacking the root file system")
-            _run(["tar", "-C", str(mountpoint), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tarball)])
-            _configure(mountpoint, uuid, public_key)
-            _run(["extlinux", "--install", str(mountpoint / "boot" / "extlinux")])
-        finally:
-            _run(["umount", str(mountpoint)])
-        with raw.open("r+b") as disk:
-            disk.write(MBR_BIN.read_bytes()[:440])
-    finally:
-        _run(["losetup", "--detach", loop])
 
 
 def _configure(root: Path, uuid: str, public_key: str) -> None:

@@ -1,6 +1,7 @@
-"""Run provision/site.yml over ssh the way Vagrant's `ansible` provisioner does: an
-inventory naming the forwarded ssh port, user and key, workshop.yml as an extra variable,
-and provision/ansible.cfg as the configuration."""
+"""Run provision/site.yml the way Vagrant's `ansible` provisioner does: an inventory naming
+the forwarded ssh port, user and key (or, for the qemu provider's build at host speed, a
+root file system in a folder reached through community.general.chroot), workshop.yml as an
+extra variable, and provision/ansible.cfg as the configuration."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class ChrootConnection:
+    """A root file system in a host folder (needs root on the controller)."""
+
+    root: Path
+
+
+@dataclass(frozen=True)
 class PlaybookReport:
     role_seconds: dict[str, float]
     total_seconds: float
@@ -58,14 +66,20 @@ def ansible_playbook() -> str:
     return found
 
 
-def write_inventory(path: Path, connection: Connection) -> None:
+def inventory_line(connection: Connection | ChrootConnection) -> str:
+    if isinstance(connection, ChrootConnection):
+        # Already root in the chroot: sudo there would only add a process per task.
+        return f"default ansible_connection=community.general.chroot ansible_host='{connection.root}' ansible_become=false\n"
     # The same line Vagrant writes to .vagrant/provisioners/ansible/inventory.
-    line = (
+    return (
         f"default ansible_host={connection.host} ansible_port={connection.port} "
         f"ansible_user='{connection.user}' ansible_ssh_private_key_file='{connection.key}' "
         "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n"
     )
-    path.write_text(line)
+
+
+def write_inventory(path: Path, connection: Connection | ChrootConnection) -> None:
+    path.write_text(inventory_line(connection))
 
 
 def playbook_command(inventory: Path, config_path: Path, vars_path: Path, playbook: Path = PLAYBOOK) -> list[str]:
@@ -88,7 +102,7 @@ def playbook_environment(report: Path) -> dict[str, str]:
 
 
 def run_playbook(
-    connection: Connection,
+    connection: Connection | ChrootConnection,
     config: LoadedConfig,
     log: Callable[[str], None] = print,
     playbook: Path = PLAYBOOK,

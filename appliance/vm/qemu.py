@@ -11,6 +11,7 @@ console and boots again instead of waiting out the ssh timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
-from appliance.vm.cachepaths import workshop_state
+from appliance.vm.cachepaths import vm_cache, workshop_state
 
 QEMU = "qemu-system-x86_64"
 GUEST_PORTS = {"ssh": 22}
@@ -97,12 +98,50 @@ def kvm_works(timeout: float = 10.0) -> bool:
         return result.returncode == 3
 
 
-def choose_accelerator() -> str:
-    """APPLIANCE_QEMU_ACCEL=kvm|tcg forces one; otherwise KVM if the probe runs, else TCG."""
+def host_key() -> str:
+    """What the KVM answer depends on: this kernel and this qemu."""
+    try:
+        version = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    return f"{os.uname().release} | {(version.splitlines() or [''])[0].strip()}"
+
+
+def remembered_kvm(memo: Path) -> bool | None:
+    """The answer an earlier probe or boot gave on this host, while kernel and qemu are the same."""
+    try:
+        data = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("host") != host_key() or not isinstance(data.get("kvm"), bool):
+        return None
+    return data["kvm"]
+
+
+def remember_kvm(memo: Path, works: bool) -> None:
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    partial = memo.with_name(memo.name + ".partial")
+    partial.write_text(json.dumps({"host": host_key(), "kvm": works}) + "\n")
+    os.replace(partial, memo)
+
+
+def kvm_memo_path(config: LoadedConfig) -> Path:
+    return vm_cache(config) / "kvm-probe.json"
+
+
+def choose_accelerator(memo: Path | None = None) -> str:
+    """APPLIANCE_QEMU_ACCEL=kvm|tcg forces one; otherwise KVM if the probe runs, else TCG.
+    With `memo` the answer is kept per host (kernel release + qemu version): a /dev/kvm that
+    hangs guests costs its probe and its 30 s boot timeout once, not at every boot."""
     forced = os.environ.get("APPLIANCE_QEMU_ACCEL", "").strip().lower()
     if forced in ("kvm", "tcg"):
         return forced
-    return "kvm" if kvm_works() else "tcg"
+    known = remembered_kvm(memo) if memo is not None else None
+    if known is None:
+        known = kvm_works()
+        if memo is not None:
+            remember_kvm(memo, known)
+    return "kvm" if known else "tcg"
 
 
 def qemu_command(
@@ -298,7 +337,8 @@ def boot(disk: Path, config: LoadedConfig, key: Path, user: str, log: Callable[[
     check_ports_free(config)
     state = workshop_state(config)
     state.mkdir(parents=True, exist_ok=True)
-    accelerator = choose_accelerator()
+    memo = kvm_memo_path(config)
+    accelerator = choose_accelerator(memo)
     console_log = state / "console.log"
     pidfile = pidfile_path(config)
     monitor = state / "monitor.sock"
@@ -306,7 +346,9 @@ def boot(disk: Path, config: LoadedConfig, key: Path, user: str, log: Callable[[
     pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)
     if accelerator == "kvm" and not _console_speaks(console_log, pid, KVM_FIRST_OUTPUT_SECONDS):
         # Real-mode code runs but the kernel never prints: KVM without nested virtualization.
-        log(f"qemu: KVM did not boot the guest within {KVM_FIRST_OUTPUT_SECONDS} s; using TCG (set APPLIANCE_QEMU_ACCEL=tcg to skip this)")
+        log(f"qemu: KVM did not boot the guest within {KVM_FIRST_OUTPUT_SECONDS} s; using TCG from now on "
+            f"on this host (remembered in {memo}; delete it to probe again)")
+        remember_kvm(memo, False)
         _kill(pid)
         accelerator = "tcg"
         pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)

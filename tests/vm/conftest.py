@@ -1,6 +1,6 @@
-"""The VM tier: `appliance build --provider qemu` on a small test workshop, then checks
-from outside the VM. The base image is cached between runs (cache/vm); the provisioning
-runs every time."""
+"""The VM tier: `appliance build --provider qemu` on the repository's workshop (its notebooks,
+workshop.yml defaults, generated assets in their real formats), then checks from outside the
+VM. The root file system is cached between runs (cache/vm); the build runs once per session."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class BuiltDisk:
 
 
 @pytest.fixture(scope="session")
-def built_disk(tmp_path_factory) -> BuiltDisk:
+def built_disk(tmp_path_factory, workshop_python) -> BuiltDisk:
     """The halted, provisioned disk (also what the export tests export)."""
     lock = REPO_ROOT / "requirements" / "workshop.lock"
     wheels = REPO_ROOT / "cache" / "wheels"
@@ -102,14 +102,17 @@ def built_disk(tmp_path_factory) -> BuiltDisk:
         build_wheelhouse(lock, wheels)
     from appliance.config import load_config
     from appliance.vm import qemu
+    from appliance.vm.image import ensure_base_image
 
     root = tmp_path_factory.mktemp("vmtest")
-    config_path, ports, assets = make_workshop(root, REPO_ROOT)
+    config_path, ports, assets = make_workshop(root, REPO_ROOT, workshop_python)
+    # The bare base image the export tests also boot (cheap from the cached root file system).
+    ensure_base_image(REPO_ROOT / "cache" / "vm", load_config(config_path).workshop.vm.disk_gb, print)
     (REPO_ROOT / "cache" / "vm" / "vmtest-last-build.log").unlink(missing_ok=True)
 
-    build = _appliance("build", "--provider", "qemu", "--config", str(config_path), timeout=2400)
+    build = _appliance("build", "--provider", "qemu", "--config", str(config_path), timeout=1800)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-2000:]
-    again = _appliance("build", "--provider", "qemu", "--provision-only", "--config", str(config_path), timeout=1200)
+    again = _appliance("build", "--provider", "qemu", "--provision-only", "--config", str(config_path), timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     disk = qemu.built_disk_path(load_config(config_path))
     return BuiltDisk(root, config_path, disk, build.stdout, again.stdout, ports, assets)

@@ -1,12 +1,14 @@
-"""A small workshop for building real VMs: the repository's lock and wheelhouse, assets the
-test makes (both hash kinds), one smoke notebook, free host ports. Used by the VM tier and
-by bench/build.py."""
+"""The real workshop for building real VMs: the repository's workshop.yml (its defaults, its
+notebook list), lock and wheelhouse, and every asset the VM gets made on the spot in its real
+format at its manifest place (the notebook tier's generators: the real downloads are not
+reachable everywhere). Only the name, the ports and `vm.os: debian` (what the qemu provider
+builds) differ. Used by the VM tier and by bench/build.py."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,70 +16,79 @@ import yaml
 
 from freeports import free_ports
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+import fake_assets  # noqa: E402
+import fake_weights  # noqa: E402
+
+# Small but real: quick mode reads these, and the notebook tier uses the same sizes.
+FAKE_SIZES = {"mnist.npz": 3000, "shakespeare.txt": 60_000}
+
 
 @dataclass
 class TestAsset:
     name: str
     place: str
     hash: str
+    kind: str
 
 
-def make_workshop(root: Path, repo_root: Path) -> tuple[Path, dict[str, int], list[TestAsset]]:
-    """A small workshop: real lock and wheelhouse, test-made assets, one smoke notebook."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_assets(cache: Path, repo_root: Path, python: Path) -> list[TestAsset]:
+    """Every asset of the repository's manifest that has a place in the VM, generated into
+    `cache` with `python` (the workshop environment: the generators need numpy and Keras)."""
+    manifest = yaml.safe_load((repo_root / "assets.yml").read_text())
+    assets = []
+    for entry in manifest["assets"]:
+        if not entry.get("place") or entry.get("kind") == "installer":
+            continue
+        name = entry["name"]
+        target = cache / name
+        if name in fake_weights.WEIGHT_ASSETS:
+            # ~200 MB of random weights take minutes to make: cached per Keras version
+            shutil.copyfile(fake_weights.cached_weights(name, python), target)
+        else:
+            fake_assets.generate_asset(name, target, python, size=FAKE_SIZES.get(name))
+        assets.append(TestAsset(name, entry["place"], "sha256:" + _sha256(target), entry["kind"]))
+    return assets
+
+
+def make_workshop(root: Path, repo_root: Path, python: Path, name: str = "vmtest") -> tuple[Path, dict[str, int], list[TestAsset]]:
+    """The repository's workshop in `root`, with generated assets and free host ports."""
     cache = root / "cache"
     cache.mkdir()
     (repo_root / "cache" / "vm").mkdir(parents=True, exist_ok=True)
-    (cache / "vm").symlink_to(repo_root / "cache" / "vm")  # the base image cache
+    (cache / "vm").symlink_to(repo_root / "cache" / "vm")  # the root file system cache
     (cache / "wheels").symlink_to(repo_root / "cache" / "wheels")
+    (repo_root / "cache" / "tools").mkdir(exist_ok=True)
+    (cache / "tools").symlink_to(repo_root / "cache" / "tools")  # the pinned uv wheel, fetched once
     (root / "requirements").symlink_to(repo_root / "requirements")
+    shutil.copytree(repo_root / "notebooks", root / "notebooks",
+                    ignore=shutil.ignore_patterns("results", "logs", ".ipynb_checkpoints", "__pycache__"))
 
-    # Assets the test makes, with the two hash kinds the manifest allows.
-    weights = os.urandom(200_000)
-    text = b"To be, or not to be\n" * 500
-    (cache / "vmtest_weights.h5").write_bytes(weights)
-    (cache / "vmtest.txt").write_bytes(text)
-    assets = [
-        TestAsset("vmtest_weights.h5", "keras/models/vmtest_weights.h5", "sha256:" + hashlib.sha256(weights).hexdigest()),
-        TestAsset("vmtest.txt", "notebooks/data/vmtest.txt", "md5:" + hashlib.md5(text).hexdigest()),
-    ]
-    manifest = {
-        "assets": [
-            {"name": a.name, "kind": "model" if a.name.endswith(".h5") else "text", "urls": [f"https://example.org/{a.name}"],
-             "hash": a.hash, "place": a.place}
-            for a in assets
-        ]
-    }
+    assets = make_assets(cache, repo_root, python)
+    manifest = {"assets": [
+        {"name": a.name, "kind": a.kind, "urls": [f"https://example.org/{a.name}"],
+         "hash": a.hash, "place": a.place}
+        for a in assets
+    ]}  # fmt: skip
     (root / "assets.yml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-
-    notebooks = root / "notebooks"
-    notebooks.mkdir()
-    smoke = {
-        "cells": [
-            {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": [
-                "import os, pathlib\n",
-                "import keras, numpy as np\n",
-                "x = keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((3, 4))))\n",
-                "print('backend', keras.backend.backend(), 'sum', float(x))\n",
-                "print('keras_home', os.environ['KERAS_HOME'])\n",
-                "print('asset', pathlib.Path(os.environ['KERAS_HOME'], 'models', 'vmtest_weights.h5').stat().st_size)\n",
-            ]},
-        ],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    (notebooks / "smoke.ipynb").write_text(json.dumps(smoke, indent=1))
 
     ports = dict(zip(("jupyter", "tensorboard", "ssh"), free_ports(3)))
     workshop = yaml.safe_load((repo_root / "workshop.yml").read_text())
     workshop.update(
-        name="vmtest",
+        name=name,
         version="1",
-        title="VM test workshop",
-        notebooks=["smoke.ipynb"],
         ports={"host_address": "127.0.0.1", **ports},
         assets={"manifest": "assets.yml", "include": None},
     )
-    workshop["vm"].update(os="debian", memory_mb=3072, cpus=2)
+    workshop["vm"]["os"] = "debian"  # what the qemu provider builds; memory, cpus, disk stay the repository's
     config_path = root / "workshop.yml"
     config_path.write_text(yaml.safe_dump(workshop, sort_keys=False))
     return config_path, ports, assets
