@@ -1,5 +1,7 @@
 """The finalize role, run by Ansible over ssh against a real Debian 13 file system (built
-with mmdebstrap, sshd started inside it with chroot), then checked from outside.
+with mmdebstrap, sshd started inside it with chroot), then checked from outside. Ansible
+logs in as the build does (`vagrant`, a key, NOPASSWD sudo); workshop.yml names an
+instructor's key.
 
 Free-space filling stays off here: inside a chroot the mounts are the host's. The VM tier
 (tests/vm/test_export_boot.py) covers it on a real disk.
@@ -60,6 +62,15 @@ def finalized(tmp_path_factory) -> dict:
         # mmdebstrap cleans these itself; a provisioned VM has them again
         "var/lib/apt/lists/deb.debian.org_debian_dists_trixie_main_binary-amd64_Packages": "Package: x\n",
         "var/cache/apt/archives/python3-venv_3.13_amd64.deb": "deb",
+        # what the build's Jupyter left: its secrets, where they were shown, its sessions
+        "var/lib/workshop/jupyter/token": "buildtoken", "var/lib/workshop/jupyter/cookie_secret": "c0ffee",
+        "etc/issue.d/workshop-jupyter.issue": "token buildtoken\n", "etc/motd.d/workshop-jupyter": "token buildtoken\n",
+        "home/workshop/.local/share/jupyter/runtime/jpserver-1234.json": "{}",
+        "home/workshop/.ipython/profile_default/history.sqlite": "sqlite",
+        "home/workshop/.jupyter/lab/workspaces/default-37a8.jupyterlab-workspace": "{}",
+        "home/workshop/notebooks/.ipynb_checkpoints/01-mnist-checkpoint.ipynb": "{}",
+        "home/workshop/notebooks/01-mnist.ipynb": "{}",
+        "opt/workshop/notebooks-pristine/.ipynb_checkpoints/01-mnist-checkpoint.ipynb": "{}",
     }.items():
         target = rootfs / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,11 +82,21 @@ def finalized(tmp_path_factory) -> dict:
     wheel.parent.mkdir(parents=True)
     wheel.write_bytes(b"wheel")
 
-    key = base / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    ssh_dir = rootfs / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    # The build's way in, as the qemu base image and Vagrant's boxes have it
+    key, instructor_key = base / "id_ed25519", base / "instructor_ed25519"
+    for made in (key, instructor_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(made)], check=True)
+    for user in ("vagrant", "workshop"):
+        subprocess.run(["chroot", str(rootfs), "useradd", "--create-home", "--shell", "/bin/bash", user], check=True)
+    subprocess.run(["chroot", str(rootfs), "usermod", "-aG", "sudo", "vagrant"], check=True)
+    (rootfs / "etc/sudoers.d/vagrant").write_text("vagrant ALL=(ALL) NOPASSWD: ALL\n")
+    (rootfs / "etc/sudoers.d/vagrant").chmod(0o440)
+    for home in ("home/vagrant", "root"):
+        ssh_dir = rootfs / home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    subprocess.run(["chroot", str(rootfs), "chown", "-R", "vagrant:vagrant", "/home/vagrant/.ssh"], check=True)
+    subprocess.run(["chroot", str(rootfs), "chown", "-R", "workshop:workshop", "/home/workshop"], check=True)
     (rootfs / "run/sshd").mkdir(parents=True, exist_ok=True)
 
     mounts = [rootfs / "proc", rootfs / "dev"]
@@ -93,10 +114,11 @@ def finalized(tmp_path_factory) -> dict:
                     break
             time.sleep(0.2)
 
-        checkout = make_checkout(base / "checkout", installers=True)
+        workshop = {**WORKSHOP, "vm": {**WORKSHOP["vm"], "instructor_ssh_key": instructor_key.with_suffix(".pub").read_text()}}
+        checkout = make_checkout(base / "checkout", installers=True, workshop=workshop)
         inventory = base / "inventory.ini"
         inventory.write_text(
-            f"build ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
+            f"build ansible_host=127.0.0.1 ansible_port={port} ansible_user=vagrant "
             f"ansible_ssh_private_key_file={key} ansible_python_interpreter=/usr/bin/python3 "
             "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n")
         # The product's own playbook and vars file, as `appliance export` runs them.
@@ -106,18 +128,32 @@ def finalized(tmp_path_factory) -> dict:
                "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1"}
         run = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(inventory), str(REPO_ROOT / "provision" / "finalize.yml"),
                               "-e", json.dumps({"workshop_config": str(checkout / "workshop.yml"),
-                                                "workshop_vars": str(vars_path), "finalize_fill": "none"})],
+                                                "workshop_vars": str(vars_path), "finalize_fill": "none",
+                                                "finalize_poweroff": False})],
                              capture_output=True, text=True, env=env, timeout=900)
-        # the connection still works after the host keys are gone (sshd keeps them loaded)
-        after = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-                                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
-                                "true"], capture_output=True, text=True, timeout=60)
+
+        def ssh(identity: Path, user: str, command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ssh", "-i", str(identity), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                                   "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{user}@127.0.0.1",
+                                   command], capture_output=True, text=True, timeout=60)
+
+        logins = {
+            # sshd still runs with the host keys it loaded; what it lets in is what changed
+            "instructor": ssh(instructor_key, "instructor", "sudo -n true && echo instructor-is-root"),
+            "vagrant": ssh(key, "vagrant", "echo in"),
+            "root": ssh(key, "root", "echo in"),
+            # what a participant's notebook could try
+            "workshop_sudo": subprocess.run(["chroot", str(rootfs), "runuser", "-u", "workshop", "--", "sudo", "-n", "true"],
+                                            capture_output=True, text=True, timeout=60),
+            "vagrant_sudo": subprocess.run(["chroot", str(rootfs), "runuser", "-u", "vagrant", "--", "sudo", "-n", "true"],
+                                           capture_output=True, text=True, timeout=60),
+        }
     finally:
         sshd.terminate()
         sshd.wait(timeout=30)
         for mount in reversed(mounts):
             subprocess.run(["umount", "-l", str(mount)], check=False)
-    return {"rootfs": rootfs, "run": run, "checkout": checkout, "ssh_after": after}
+    return {"rootfs": rootfs, "run": run, "checkout": checkout, "logins": logins}
 
 
 def test_role_runs(finalized):
@@ -162,7 +198,6 @@ def test_sealed_for_copies(finalized):
     assert "ExecStart=/usr/bin/ssh-keygen -A" in unit and "Before=ssh.service" in unit
     assert (rootfs / "etc/systemd/system/multi-user.target.wants/workshop-ssh-keygen.service").is_symlink()
     assert (rootfs / "etc/machine-id").read_text() == ""
-    assert finalized["ssh_after"].returncode == 0, finalized["ssh_after"].stderr
 
 
 def test_cleaned(finalized):
@@ -174,3 +209,37 @@ def test_cleaned(finalized):
     assert (rootfs / "var/log/test.log").stat().st_size == 0
     assert not list((rootfs / "var/lib/apt/lists").glob("*Packages*"))
     assert not list((rootfs / "var/cache/apt/archives").glob("*.deb"))
+
+
+def test_jupyter_leftovers_and_secrets_removed(finalized):
+    rootfs = finalized["rootfs"]
+    for gone in ("var/lib/workshop/jupyter/token", "var/lib/workshop/jupyter/cookie_secret",
+                 "etc/issue.d/workshop-jupyter.issue", "etc/motd.d/workshop-jupyter",
+                 "home/workshop/.local/share/jupyter/runtime", "home/workshop/.ipython/profile_default/history.sqlite",
+                 "home/workshop/.jupyter/lab/workspaces", "home/workshop/notebooks/.ipynb_checkpoints",
+                 "opt/workshop/notebooks-pristine/.ipynb_checkpoints"):
+        assert not (rootfs / gone).exists(), gone
+    assert (rootfs / "home/workshop/notebooks/01-mnist.ipynb").exists()
+
+
+def test_build_access_gone(finalized):
+    rootfs, logins = finalized["rootfs"], finalized["logins"]
+    for user in ("vagrant", "root"):
+        assert logins[user].returncode == 255 and "in" not in logins[user].stdout, (user, logins[user])
+        assert "Permission denied" in logins[user].stderr, logins[user].stderr
+    assert not (rootfs / "etc/sudoers.d/vagrant").exists()
+    assert not list(rootfs.glob("root/.ssh/authorized_keys*")) and not list(rootfs.glob("home/vagrant/.ssh/authorized_keys*"))
+    shadow = {line.split(":")[0]: line.split(":") for line in (rootfs / "etc/shadow").read_text().splitlines()}
+    assert shadow["vagrant"][1].startswith("!") and shadow["vagrant"][7] == "1", shadow["vagrant"]
+    assert "vagrant" not in (rootfs / "etc/group").read_text().split("\nsudo:")[1].split("\n")[0]
+    for user in ("workshop", "vagrant"):
+        refused = logins[f"{user}_sudo"]
+        assert refused.returncode != 0, refused
+    assert "sudo:" in logins["workshop_sudo"].stderr, logins["workshop_sudo"].stderr
+
+
+def test_instructor_key_alone_lets_the_instructor_in(finalized):
+    rootfs, login = finalized["rootfs"], finalized["logins"]["instructor"]
+    assert login.returncode == 0 and "instructor-is-root" in login.stdout, login
+    authorized = (rootfs / "home/instructor/.ssh/authorized_keys").read_text().splitlines()
+    assert len(authorized) == 1 and authorized[0].startswith("ssh-ed25519 ")

@@ -189,8 +189,11 @@ def test_export_dry_run_qemu_seals_the_build_disk_only(appliance_cli, repo_root,
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     built = repo_root / "cache" / "vm" / "dl-workshop-2026.11" / "disk.qcow2"
-    assert lines[0].startswith("qemu-system-x86_64 ") and f"file={built}," in lines[0]
-    assert lines[1].endswith("provision/finalize.yml") and '"workshop_vars"' in lines[1]
-    assert lines[3].startswith("qemu-img convert -p -O vmdk -o subformat=streamOptimized " + str(built))
+    # a copy is sealed (finalize removes the build's access), the built disk stays as it is
+    sealed = built.with_name("sealed.qcow2")
+    assert lines[0] == f"qemu-img create -q -f qcow2 -b {built.resolve()} -F qcow2 {sealed}"
+    assert lines[1].startswith("qemu-system-x86_64 ") and f"file={sealed}," in lines[1]
+    assert lines[2].endswith("provision/finalize.yml") and '"workshop_vars"' in lines[2]
+    assert lines[4].startswith("qemu-img convert -p -O vmdk -o subformat=streamOptimized " + str(sealed))
     given = appliance_cli("export", "--provider", "qemu", "--dry-run", "--disk", str(tmp_path / "x.qcow2"))
     assert given.stdout.splitlines()[0].startswith("qemu-img convert")  # --disk: exported as it is

@@ -90,9 +90,23 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_finalize:
         from appliance.vm import qemu_build
 
-        _say("sealing the built VM first (provision/finalize.yml)")
-        sealed = qemu_build.finalize(loaded, disk, log=_say)
+        # Sealing removes the build's own way in, so it works on a copy (an overlay on the built
+        # disk): the built VM stays as it was, to test, provision again or export again.
+        overlay = qemu_build.sealed_overlay_path(loaded)
+        _say(f"sealing a copy of the built VM first (provision/finalize.yml on {overlay.name})")
+        qemu_build.make_overlay(disk, overlay)
+        # When sealing fails, the copy stays for a look (the message says where).
+        sealed = qemu_build.finalize(loaded, overlay, log=_say)
         _say(f"sealed in {sealed.report.total_seconds:.0f} s (boot to ssh {sealed.boot_seconds:.0f} s)")
+        try:
+            return _export_disk(loaded, args, overlay, out_dir, eula)
+        finally:
+            overlay.unlink(missing_ok=True)
+    return _export_disk(loaded, args, disk, out_dir, eula)
+
+
+def _export_disk(loaded: LoadedConfig, args: argparse.Namespace, disk: Path, out_dir: Path,
+                 eula: str | None) -> int:
     settings = ova.settings_from_workshop(loaded.workshop, eula=eula, firmware=args.firmware.upper())
     from appliance.vm.qemu_build import recorded_os  # the label says what the build made, not what vm.os asks
 
@@ -121,9 +135,12 @@ def planned_commands(loaded: LoadedConfig, provider: str, args: argparse.Namespa
     commands = []
     if args.disk is None and not args.no_finalize:
         from appliance.vm.playbook import FINALIZE_PLAYBOOK
-        from appliance.vm.qemu_build import planned_play_commands
+        from appliance.vm.qemu_build import overlay_command, planned_play_commands, sealed_overlay_path
 
-        commands += planned_play_commands(loaded, disk, FINALIZE_PLAYBOOK)
+        overlay = sealed_overlay_path(loaded)
+        commands.append(shlex.join(overlay_command(disk, overlay)))
+        commands += planned_play_commands(loaded, overlay, FINALIZE_PLAYBOOK)
+        disk = overlay
     _, vmdk, _ = ova.artifact_names(loaded.workshop.artifact_name)
     commands.append(shlex.join(["qemu-img", "convert", "-p", "-O", "vmdk", "-o", "subformat=streamOptimized",
                                 str(disk), str(out_dir / ".export-XXXX" / vmdk)]))

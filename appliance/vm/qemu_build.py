@@ -270,16 +270,34 @@ def reprovision(config: LoadedConfig, log: Callable[[str], None] = print) -> Qem
     return QemuBuild(disk=final, report=report, boot_seconds=0.0, base_seconds=0.0)
 
 
+def sealed_overlay_path(config: LoadedConfig) -> Path:
+    """Where `appliance export` seals a copy of the built disk (removed after the export)."""
+    return workshop_state(config) / "sealed.qcow2"
+
+
+def overlay_command(disk: Path, overlay: Path) -> list[str]:
+    return ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", "qcow2", str(overlay)]
+
+
+def make_overlay(disk: Path, overlay: Path) -> None:
+    """A copy-on-write copy of `disk`: writes (and trimmed blocks) land in the overlay only."""
+    overlay.unlink(missing_ok=True)
+    result = subprocess.run(overlay_command(disk, overlay), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ApplianceError(f"qemu-img create failed: {result.stderr.strip()[-300:]}")
+
+
 def finalize(config: LoadedConfig, disk: Path, log: Callable[[str], None] = print) -> PlayInVM:
-    """Seal a built disk for export: build manifest, caches and logs cleaned, host keys and
-    machine id left for each copy to make, free space trimmed. Works in place: the disk
-    stays bootable and can be provisioned again."""
+    """Seal a disk for export: build manifest, caches and logs cleaned, host keys, machine id
+    and Jupyter secrets left for each copy to make, free space trimmed, and the build's own
+    access (ssh keys, sudo, the build user) removed: afterwards the build key no longer
+    logs in, so seal a copy (`make_overlay`), not the built disk."""
     if not disk.is_file():
         raise ApplianceError(f"{disk}: no built disk image; run `appliance build --provider qemu` first")
     key = build_key_path(vm_cache(config))
     if not key.is_file():
         raise ApplianceError(f"{key} is missing: the disk only lets in the key it was built with; export with --no-finalize")
-    return run_play_in_vm(disk, config, key, FINALIZE_PLAYBOOK, "the disk (partly sealed; export it again to retry)", log)
+    return run_play_in_vm(disk, config, key, FINALIZE_PLAYBOOK, "the partly sealed copy", log)
 
 
 def planned_play_commands(config: LoadedConfig, disk: Path, playbook: Path) -> list[str]:

@@ -149,8 +149,11 @@ def test_notebooks_have_a_pristine_copy_and_a_writable_one(built_vm):
 
 
 def test_login_message_names_the_urls(built_vm):
-    motd = built_vm.ssh("cat /etc/motd").stdout
+    # the token comes from this copy's secrets unit (/etc/motd.d), the rest from the motd role
+    motd = built_vm.ssh("cat /etc/motd /etc/motd.d/workshop-jupyter").stdout
     assert f"http://localhost:{built_vm.ports['jupyter']}/lab?token={built_vm.token}" in motd
+    issue = built_vm.ssh("cat /etc/issue.d/workshop-jupyter.issue").stdout
+    assert f"enter this token: {built_vm.token}" in issue
     assert f"http://localhost:{built_vm.ports['tensorboard']}/" in motd
 
 
