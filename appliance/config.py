@@ -116,6 +116,14 @@ class Assets(Strict):
     include: list[StrictStr] | None = None
 
 
+class Updates(Strict):
+    """Where `workshop-update` gets the organizer's newer notebooks after the day: a git URL
+    (null: participants give a folder, e.g. a new thumb drive's, with --from)."""
+
+    git_url: StrictStr | None = None
+    branch: StrictStr = "main"
+
+
 class Workshop(Strict):
     name: StrictStr
     version: StrictStr
@@ -129,6 +137,7 @@ class Workshop(Strict):
     jupyter: Jupyter = Field(default_factory=Jupyter)
     notebooks: list[StrictStr] = Field(default_factory=list)
     assets: Assets = Field(default_factory=Assets)
+    updates: Updates = Field(default_factory=Updates)
     # A licence text file (inside the repository) participants must accept on import; the OVA
     # carries a EulaSection only when this is given (VBoxManage then needs `--vsys 0 --eula accept`).
     license_file: StrictStr | None = None

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,27 @@ def _listener(port: int) -> str:
     return ""
 
 
+# Sent by the workshop's own Jupyter (local mode and the VM; local/jupyter/server.json).
+WORKSHOP_HEADER = "X-Workshop-Appliance"
+
+
+def workshop_jupyter_on(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """The Jupyter server version when the workshop's own Jupyter answers on host:port, else None.
+
+    /api answers without a token; only the workshop's server sends WORKSHOP_HEADER."""
+    address = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        address = "127.0.0.1"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local port: never via a proxy
+    try:
+        with direct.open(f"http://{address}:{port}/api", timeout=timeout) as response:
+            if response.headers.get(WORKSHOP_HEADER) is None:
+                return None
+            return str(json.loads(response.read(4096)).get("version", "?"))
+    except (OSError, ValueError):
+        return None
+
+
 def check_ports(loaded: LoadedConfig, vm: bool) -> list[Check]:
     ports = loaded.workshop.ports
     names = ["jupyter", "tensorboard"] + (["ssh"] if vm else [])
@@ -219,6 +241,8 @@ def check_ports(loaded: LoadedConfig, vm: bool) -> list[Check]:
         where = f"{ports.host_address}:{port}"
         if port_free(ports.host_address, port):
             checks.append(Check(label, OK, f"{where} is free"))
+        elif name == "jupyter" and (version := workshop_jupyter_on(ports.host_address, port)):
+            checks.append(Check(label, OK, f"{where} is the workshop's Jupyter, already running (server {version})"))
         else:
             checks.append(Check(label, FAIL, f"{where} is in use{_listener(port)}",
                                 f"stop that program, or set ports.{name} in {loaded.path.name} to a free port"))

@@ -18,10 +18,10 @@ WORKSHOP_ENV_PYTHON="$WORKSHOP_ENV/bin/python"
 # Keras backend goes into the kernel) means setup runs again.
 workshop_stamp() {
     local python="$1"
-    "$python" - "$WORKSHOP_LOCK" "$WORKSHOP_CONFIG" <<'PY'
+    "$python" -P - "$WORKSHOP_LOCK" "$WORKSHOP_CONFIG" <<'PY'
 import hashlib, sys, platform
 lock, config = (hashlib.sha256(open(p, "rb").read()).hexdigest()[:16] for p in sys.argv[1:3])
-print(f"lock={lock} config={config} python={platform.python_version()} format=1")
+print(f"lock={lock} config={config} python={platform.python_version()} format=2")
 PY
 }
 
@@ -32,7 +32,8 @@ workshop_env_current() {
 
 # Print shell assignments for the settings local mode reads from workshop.yml (validated).
 workshop_settings() {
-    PYTHONPATH="$WORKSHOP_REPO${PYTHONPATH:+:$PYTHONPATH}" "$WORKSHOP_ENV_PYTHON" - "$WORKSHOP_CONFIG" <<'PY'
+    # -P: the current folder is not put first on sys.path (nothing there shadows a module)
+    PYTHONPATH="$WORKSHOP_REPO${PYTHONPATH:+:$PYTHONPATH}" "$WORKSHOP_ENV_PYTHON" -P - "$WORKSHOP_CONFIG" <<'PY'
 import shlex, sys
 from pathlib import Path
 from appliance.config import load_config
@@ -49,6 +50,8 @@ values = {
     "cfg_tensorboard_port": w.ports.tensorboard,
     "cfg_password_hash": w.jupyter.password_hash or "",
     "cfg_notebooks_dir": str(config.notebooks_dir),
+    "cfg_updates_url": w.updates.git_url or "",
+    "cfg_updates_branch": w.updates.branch,
 }
 for key, value in values.items():
     print(f"{key}={shlex.quote(str(value))}")
@@ -57,7 +60,7 @@ PY
 
 # The first port from $1 upwards (at most 50 tried) that nothing listens on at 127.0.0.1.
 free_port() {
-    "$WORKSHOP_ENV_PYTHON" - "$1" <<'PY'
+    "$WORKSHOP_ENV_PYTHON" -P - "$1" <<'PY'
 import socket, sys
 start = int(sys.argv[1])
 for port in range(start, start + 50):

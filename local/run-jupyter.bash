@@ -6,7 +6,8 @@
 # Runs local/setup.bash first when ./env is missing or out of date. The port is workshop.yml's
 # ports.jupyter (8888) or the next free one; the secret is workshop.yml's jupyter.password_hash,
 # or a fresh random token printed in the URL. --open (or WORKSHOP_OPEN_BROWSER=1) opens a browser.
-# Ctrl-C stops the server at once.
+# The URL is printed last, on its own line, once the server answers; Jupyter's own log goes to
+# env/jupyter.log. Ctrl-C stops the server at once. The work is in local/workshop_jupyter.py.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 
@@ -23,32 +24,7 @@ while [ $# -gt 0 ]; do
 done
 
 ensure_env
-workshop_runtime_env
-port="$(choose_port "$port" "$cfg_jupyter_port")"
-mkdir -p "$cfg_notebooks_dir"
-
-auth=()
-if [ -n "$cfg_password_hash" ]; then
-    auth=(--PasswordIdentityProvider.hashed_password="$cfg_password_hash" --IdentityProvider.token="")
-    url="http://127.0.0.1:$port/lab"
-    secret="the workshop password"
-else
-    token="$("$WORKSHOP_ENV_PYTHON" -c 'import secrets; print(secrets.token_hex(24))')"
-    auth=(--IdentityProvider.token="$token")
-    url="http://127.0.0.1:$port/lab?token=$token"
-    secret="the token in this URL"
-fi
-# Jupyter refuses root unless told; containers and CI machines often are root.
-if [ "$(id -u)" = 0 ]; then auth+=(--allow-root); fi
-browser=(--no-browser)
-if [ "$open_browser" = 1 ]; then browser=(--ServerApp.open_browser=True); fi
-
-say "JupyterLab for $cfg_notebooks_dir"
-say "open $url  ($secret); Ctrl-C stops it"
-# exec: Ctrl-C/SIGTERM go straight to Jupyter; answer_yes skips its 'really stop?' prompt.
-exec "$WORKSHOP_ENV/bin/jupyter" lab \
-    --ip=127.0.0.1 --port="$port" --port-retries=0 \
-    --ServerApp.root_dir="$cfg_notebooks_dir" \
-    --ServerApp.answer_yes=True \
-    --MappingKernelManager.default_kernel_name=workshop \
-    "${auth[@]}" "${browser[@]}"
+[ -z "$port" ] || [[ "$port" =~ ^[0-9]+$ ]] || die "--port $port: give a port number"
+# -P: nothing in the current folder shadows a module
+exec "$WORKSHOP_ENV_PYTHON" -P "$WORKSHOP_REPO/local/workshop_jupyter.py" serve \
+    ${port:+--port "$port"} $([ "$open_browser" = 1 ] && echo --open)

@@ -87,35 +87,41 @@ create_env() {
     if [ "$installer" = uv ]; then
         UV_PYTHON_DOWNLOADS=never uv venv --no-config --quiet --python "$python" "$WORKSHOP_ENV"
     else
-        "$python" -m venv "$WORKSHOP_ENV" || die "'$python -m venv' failed; install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
+        "$python" -P -m venv "$WORKSHOP_ENV" || die "'$python -m venv' failed; install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
     fi
 }
 
+# Quiet: one line per stage here; pip's or uv's own output goes to env/setup.log, shown on failure.
 install_lock() {
     local wheels="$1"
-    local source_args=() pip_args=()
+    local source_args=() pip_args=() log="$WORKSHOP_ENV/setup.log" count
+    count="$(grep -c '^[A-Za-z0-9]' "$WORKSHOP_LOCK" || true)"
     if [ -n "$wheels" ]; then
         source_args=(--no-index --find-links "$wheels")
         pip_args=(--isolated)   # nothing from pip's config or environment (extra indexes, constraints) applies
-        say "installing the locked packages from $wheels (no network)"
+        say "installing $count locked packages from $wheels (no network; a few minutes with pip, under one with uv)"
     else
-        say "no wheelhouse (cache/wheels is empty): installing the locked packages from PyPI"
+        say "no wheelhouse (cache/wheels is empty): installing $count locked packages from PyPI (a few minutes)"
     fi
+    local status=0
     if [ "$installer" = uv ]; then
         uv pip sync --no-config --python "$WORKSHOP_ENV/bin/python" --require-hashes ${source_args[@]+"${source_args[@]}"} "$WORKSHOP_LOCK" \
-            || die "installing from the lock failed (see above); with --offline, the folder must hold the wheels for this Python and platform"
+            >"$log" 2>&1 || status=$?
     else
         # ${a[@]+...}: macOS's bash 3.2 calls an empty array unbound under set -u
-        "$WORKSHOP_ENV/bin/python" -m pip install ${pip_args[@]+"${pip_args[@]}"} --disable-pip-version-check \
-            --require-hashes --no-deps ${source_args[@]+"${source_args[@]}"} -r "$WORKSHOP_LOCK" \
-            || die "installing from the lock failed (see above); with --offline, the folder must hold the wheels for this Python and platform"
+        "$WORKSHOP_ENV/bin/python" -P -m pip install -q ${pip_args[@]+"${pip_args[@]}"} --disable-pip-version-check \
+            --require-hashes --no-deps ${source_args[@]+"${source_args[@]}"} -r "$WORKSHOP_LOCK" >"$log" 2>&1 || status=$?
+    fi
+    if [ "$status" != 0 ]; then
+        tail -n 20 "$log" >&2
+        die "installing from the lock failed (above: the end of $log); with --offline, the folder must hold the wheels for this Python and platform"
     fi
 }
 
 # `python -m appliance` inside the env imports the package straight from this checkout.
 link_appliance() {
     local site
-    site="$("$WORKSHOP_ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    site="$("$WORKSHOP_ENV/bin/python" -P -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     printf '%s\n' "$WORKSHOP_REPO" > "$site/workshop-appliance.pth"
 }
 
@@ -127,9 +133,8 @@ register_kernel() {
     # keras.json fixes the backend for anything that reads KERAS_HOME without KERAS_BACKEND
     printf '{"backend": "%s", "floatx": "float32", "epsilon": 1e-07, "image_data_format": "channels_last"}\n' \
         "$cfg_keras_backend" > "$WORKSHOP_ENV/keras/keras.json"
-    "$WORKSHOP_ENV/bin/python" -m ipykernel install --sys-prefix --name workshop \
-        --display-name "Python 3 (workshop)" \
-        --env KERAS_BACKEND "$cfg_keras_backend" --env KERAS_HOME "$WORKSHOP_ENV/keras" >/dev/null
+    # the kernel (its environment: Keras backend, quiet TensorFlow) and the lab settings, into ./env
+    "$WORKSHOP_ENV/bin/python" -P "$WORKSHOP_REPO/local/workshop_jupyter.py" install --keras-backend "$cfg_keras_backend"
     say "registered the Jupyter kernel 'workshop' (Keras backend: $cfg_keras_backend)"
 }
 
@@ -140,9 +145,10 @@ place_assets() {
         return
     fi
     # A missing asset is reported but does not stop local mode: the other notebooks still run.
-    "$WORKSHOP_ENV/bin/python" -m appliance assets place --config "$WORKSHOP_CONFIG" \
-        --keras-home "$WORKSHOP_ENV/keras" --notebooks "$cfg_notebooks_dir" \
-        || say "warning: some assets could not be placed (see above); run 'bin/appliance fetch' with internet, then this again"
+    say "placing the cached data and model files"
+    "$WORKSHOP_ENV/bin/python" -P -m appliance assets place --config "$WORKSHOP_CONFIG" \
+        --keras-home "$WORKSHOP_ENV/keras" --notebooks "$cfg_notebooks_dir" >>"$WORKSHOP_ENV/setup.log" \
+        || say "warning: some assets could not be placed (see $WORKSHOP_ENV/setup.log); run 'bin/appliance fetch' with internet, then this again"
 }
 
 main() {

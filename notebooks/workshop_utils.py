@@ -34,7 +34,14 @@ DEFAULT_PLACES: dict[str, str] = {
 
 
 class AssetMissing(FileNotFoundError):
-    """An asset the notebook needs is not where the manifest puts it."""
+    """An asset the notebook needs is not where the manifest puts it.
+
+    In a notebook it shows as one short message, not a 30-line traceback: IPython prints what
+    `_render_traceback_` returns instead of the traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[1;31mAssetMissing\x1b[0m: {self}"]
 
 
 # --- where things are -------------------------------------------------------------------
@@ -92,8 +99,9 @@ def asset_path(name: str, *, must_exist: bool = True) -> Path:
     path = place_to_path(places[name])
     if must_exist and not path.is_file():
         raise AssetMissing(
-            f"asset {name} is missing: expected at {path}. In the appliance it is preloaded; "
-            f"in local mode run `appliance fetch` and local/setup.bash (notebooks never download)."
+            f"{name} is missing (expected at {path}). With internet: run `bin/appliance fetch`, then "
+            f"`local/setup.bash`, in the workshop folder. Without: copy cache/ from the workshop thumb drive "
+            f"into the workshop folder, then run `local/setup.bash`. (The appliance VM has it preloaded.)"
         )
     return path
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +139,28 @@ def test_cpu_flags_parse_proc_cpuinfo() -> None:
     real = Path("/proc/cpuinfo")
     if real.is_file() and "flags" in real.read_text():
         assert "sse2" in cpu_flags(real.read_text())  # every x86-64 CPU has it
+
+
+def test_the_workshops_own_jupyter_on_the_port_is_ok(appliance_cli, tmp_path: Path, workshop_python: Path) -> None:
+    """A real JupyterLab of the workshop env (its settings installed by local/setup.bash) on the port."""
+    port = free_port()
+    env_bin = workshop_python.parent
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+    server_env["JUPYTER_TOKEN"] = "t" * 48
+    server = subprocess.Popen(
+        [str(env_bin / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+         f"--ServerApp.root_dir={tmp_path}", "--allow-root"],
+        env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while port_free("127.0.0.1", port):
+            assert server.poll() is None and time.monotonic() < deadline, "jupyter lab did not start"
+            time.sleep(0.3)
+        time.sleep(1)  # listening comes a moment before the handlers answer
+        result = doctor(appliance_cli, make_workshop(tmp_path, jupyter=port))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    table = rows(result.stdout)
+    assert table["port jupyter"][0] == "ok", result.stdout
+    assert f"127.0.0.1:{port} is the workshop's Jupyter, already running" in table["port jupyter"][1]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import websocket
@@ -178,7 +179,8 @@ def execute(base_ws: str, kernel_id: str, token: str, code: str, timeout: float 
 def test_setup_installed_the_lock_and_the_kernel(local_repo: Path):
     python = local_repo / "env" / "bin" / "python"
     spec = json.loads((local_repo / "env" / "share" / "jupyter" / "kernels" / "workshop" / "kernel.json").read_text())
-    assert spec["env"] == {"KERAS_BACKEND": "tensorflow", "KERAS_HOME": str(local_repo / "env" / "keras")}
+    assert spec["env"] == {"KERAS_BACKEND": "tensorflow", "KERAS_HOME": str(local_repo / "env" / "keras"),
+                           "TF_CPP_MIN_LOG_LEVEL": "2"}
     assert spec["argv"][0] == str(python)
     check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, env=clean_env())
     assert check.returncode == 0, check.stdout
@@ -200,7 +202,16 @@ def test_jupyter_serves_runs_a_notebook_and_stops_on_sigint(local_repo: Path, st
     port, token = int(match.group(1)), match.group(2)
     base = f"http://127.0.0.1:{port}"
 
-    assert wait_http(f"{base}/api/status", params={"token": token}).status_code == 200
+    # the URL comes once the server answers, as the last line, after a quiet start
+    assert requests.get(f"{base}/api/status", params={"token": token}, timeout=5).status_code == 200
+    lines = server.output().strip().splitlines()
+    assert lines[-1] == match.group(0), lines[-5:]
+    assert len(lines) <= 4 and not any("Ignoring" in line or "[I " in line for line in lines), lines
+    # the token is on no command line: other users of the machine can read those
+    for process in psutil.Process(server.process.pid).children(recursive=True) + [psutil.Process(server.process.pid)]:
+        assert token not in " ".join(process.cmdline()), process.cmdline()
+    kernelspecs = requests.get(f"{base}/api/kernelspecs", params={"token": token}, timeout=5).json()
+    assert kernelspecs["default"] == "workshop" and list(kernelspecs["kernelspecs"]) == ["workshop"]
     assert requests.get(f"{base}/api/status", timeout=5).status_code in (401, 403)
     assert requests.get(f"{base}/api/status", params={"token": "0" * 48}, timeout=5).status_code in (401, 403)
     auth = {"Authorization": f"token {token}"}
@@ -268,6 +279,10 @@ def test_setup_with_uv_offline(tmp_path: Path, wheelhouse: Path):
     repo = copy_repo(tmp_path / "repo")
     result = run_setup(repo, "--offline", str(wheelhouse), env=clean_env(**NO_NETWORK))
     assert result.returncode == 0, result.stderr[-3000:]
+    # quiet: one line per stage, the installer's own output only in env/setup.log
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert all(line.startswith("setup.bash: ") for line in lines) and len(lines) <= 6, lines
+    assert "keras" in (repo / "env" / "setup.log").read_text().lower()
     probe = subprocess.run([str(repo / "env" / "bin" / "python"), "-c",
                             "import keras, pytensor, jupyterlab, sklearn; print(keras.backend.backend())"],
                            capture_output=True, text=True, env=clean_env(KERAS_BACKEND="tensorflow"), timeout=300)

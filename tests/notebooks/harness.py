@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,18 @@ def asset_file(name: str, keras_home: Path, notebooks_dir: Path) -> Path:
     return {"keras": keras_home, "notebooks": notebooks_dir}[top] / rest
 
 
+# The workshop kernel's own environment (local mode and the VM install it): the tests run the
+# notebooks as quietly as a participant's kernel does, no quieter.
+WORKSHOP_KERNEL_ENV = REPO_ROOT / "local" / "jupyter" / "kernel-env.json"
+
+
 def kernel_environment(root: Path, keras_home: Path) -> dict[str, str]:
     return {
+        **json.loads(WORKSHOP_KERNEL_ENV.read_text()),
         "KERAS_BACKEND": "tensorflow",
         "KERAS_HOME": str(keras_home),
         "WORKSHOP_ASSETS_MANIFEST": str(MANIFEST),
         "WORKSHOP_LOGDIR": str(root / "logs"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONHASHSEED": "0",
         "PYTENSOR_FLAGS": f"base_compiledir={root / 'pytensor'}",
@@ -84,6 +89,13 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
             for out in cell.get("outputs", []) if out.get("output_type") == "error"]
 
 
+def stderr_outputs(nb: nbformat.NotebookNode, allowed: Collection[str] = ()) -> list[str]:
+    """What cells printed to stderr (a pink box in the browser), except cells whose id is allowed."""
+    return [f"cell {cell.get('id')}: {out.get('text', '')[:500]}" for cell in nb.cells
+            if cell.cell_type == "code" and cell.get("id") not in allowed
+            for out in cell.get("outputs", []) if out.get("output_type") == "stream" and out.get("name") == "stderr"]
+
+
 def cell_text(nb: nbformat.NotebookNode) -> str:
     """Every stream / text/plain output, joined: for asserting on what a notebook printed."""
     parts: list[str] = []
@@ -97,8 +109,10 @@ def cell_text(nb: nbformat.NotebookNode) -> str:
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path, kernel_dirs: Path, *, timeout: int = 900,
-            on_kernel_start: Callable[[int], None] | None = None, name: str = "notebook") -> None:
-    """Execute `nb` in place (outputs filled in); raise NotebookFailed on an error cell.
+            on_kernel_start: Callable[[int], None] | None = None, name: str = "notebook",
+            stderr_allowed: Collection[str] | None = None) -> None:
+    """Execute `nb` in place (outputs filled in); raise NotebookFailed on an error cell, and on
+    stderr output of a cell whose id is not in `stderr_allowed` (None: stderr is not checked).
     `on_kernel_start(pid)` is called once the kernel process runs (the benchmark watches it)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
@@ -122,6 +136,11 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, kernel_dirs: Path, *, timeout:
     errors = error_outputs(nb)
     if errors:
         raise NotebookFailed(f"{name} has error cells: {errors}")
+    if stderr_allowed is not None:
+        noise = stderr_outputs(nb, stderr_allowed)
+        if noise:
+            raise NotebookFailed(f"{name} printed to stderr (a participant sees a pink box; fix it at the source, "
+                                 f"or allow the cell in tests/notebooks/conftest.py STDERR_ALLOWED): {noise}")
 
 
 def images(nb: nbformat.NotebookNode) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,31 @@ def test_assets_resolve_to_the_manifest_places(tmp_path, monkeypatch):
 
 def test_a_missing_asset_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(wu.AssetMissing, match=r"asset mnist.npz is missing: expected at .*appliance fetch"):
+    with pytest.raises(wu.AssetMissing, match=r"mnist.npz is missing .*`bin/appliance fetch`.*thumb drive"):
         wu.asset_path("mnist.npz")
     with pytest.raises(KeyError, match="not in the manifest"):
         wu.asset_path("nonexistent.bin")
+
+
+def test_a_missing_asset_is_one_line_in_a_real_kernel(tmp_path):
+    """What the notebook shows: a real IPython kernel renders the error as one line, not a traceback."""
+    from jupyter_client.manager import start_new_kernel
+
+    replies: list[dict] = []
+    km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, "KERAS_HOME": str(tmp_path),
+                                                          "PYTHONPATH": str(REPO_ROOT / "notebooks")})
+    try:
+        kc.execute_interactive("import workshop_utils as wu\nwu.load_mnist()", timeout=60,
+                               output_hook=replies.append)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    errors = [m["content"] for m in replies if m["msg_type"] == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "AssetMissing"
+    lines = errors[0]["traceback"]
+    assert len(lines) == 1, lines
+    assert "bin/appliance fetch" in lines[0] and "thumb drive" in lines[0]
+
 
 
 def test_manifest_found_by_walking_up_and_its_places_win(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def _run_in_kernel(built_vm, sources: list[str], timeout: float = 900) -> str:
     as JupyterLab does; returns what they printed, fails the test on an error."""
     auth = {"Authorization": f"token {built_vm.token}"}
     base = built_vm.jupyter_url
-    kernel = requests.post(f"{base}/api/kernels", headers=auth, json={"name": "python3"}, timeout=60).json()
+    kernel = requests.post(f"{base}/api/kernels", headers=auth, json={"name": "workshop"}, timeout=60).json()
     ws = websocket.create_connection(
         f"ws://127.0.0.1:{built_vm.ports['jupyter']}/api/kernels/{kernel['id']}/channels", header=auth, timeout=timeout
     )
@@ -180,3 +180,20 @@ def test_forwarded_ports_listen_only_on_loopback(built_vm):
 def test_the_venv_uses_python_313(built_vm):
     result = built_vm.ssh("/opt/workshop/venv/bin/python --version")
     assert result.stdout.startswith("Python 3.13"), result.stdout
+
+
+def test_the_vm_offers_the_quiet_workshop_kernel_only_and_no_news(built_vm):
+    auth = {"Authorization": f"token {built_vm.token}"}
+    specs = requests.get(f"{built_vm.jupyter_url}/api/kernelspecs", headers=auth, timeout=30).json()
+    assert specs["default"] == "workshop" and list(specs["kernelspecs"]) == ["workshop"]
+    assert specs["kernelspecs"]["workshop"]["spec"]["env"]["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    news = requests.get(f"{built_vm.jupyter_url}/lab/api/news", headers=auth, timeout=30)
+    assert news.status_code != 200 or news.json().get("news") == []
+    # appliance doctor recognises the workshop's own Jupyter on the forwarded port by this header
+    assert requests.get(f"{built_vm.jupyter_url}/api", timeout=30).headers.get("X-Workshop-Appliance") == "jupyter"
+
+
+def test_workshop_update_is_installed_and_says_what_to_pass(built_vm):
+    result = built_vm.ssh("workshop-update")  # no updates.git_url in the test workshop
+    assert result.returncode == 2
+    assert "pass --from" in result.stderr
