@@ -124,6 +124,22 @@ class Updates(Strict):
     branch: StrictStr = "main"
 
 
+# --- the thumb drive's local mode (owned by the thumb-drive code; kept in one place here) ---
+# Platforms as appliance/wheels.py names them; each gets wheels, uv and a CPython on the drive.
+DRIVE_PLATFORMS = ("win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64")
+
+
+class Drive(Strict):
+    """What the thumb drive carries so participants run the workshop without a VM or an install:
+    the wheels, uv and a standalone CPython `python` for each of `platforms`. `platforms: []`
+    makes a VM-only drive (its guide then offers no local mode)."""
+
+    # No macosx_x86_64: TensorFlow publishes no wheels for Intel Macs (they use the VM).
+    platforms: list[Literal["win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64"]] = \
+        Field(default_factory=lambda: list(DRIVE_PLATFORMS))
+    python: Literal["3.11", "3.12", "3.13"] = "3.13"
+
+
 class Workshop(Strict):
     name: StrictStr
     version: StrictStr
@@ -141,6 +157,7 @@ class Workshop(Strict):
     # A licence text file (inside the repository) participants must accept on import; the OVA
     # carries a EulaSection only when this is given (VBoxManage then needs `--vsys 0 --eula accept`).
     license_file: StrictStr | None = None
+    drive: Drive = Field(default_factory=Drive)
 
     @field_validator("name")
     @classmethod

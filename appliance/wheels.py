@@ -38,6 +38,15 @@ _PLATFORMS: dict[str, dict[str, str]] = {
     "win_amd64": {"sys_platform": "win32", "platform_machine": "AMD64", "os_name": "nt", "platform_system": "Windows"},
 }
 PLATFORMS = tuple(_PLATFORMS)
+# uv's --python-platform for each target: `uv pip install --dry-run` then evaluates the lock's
+# markers for that platform (pip's --platform keeps this machine's markers).
+UV_PLATFORMS = {
+    "linux_x86_64": f"x86_64-manylinux_2_{MANYLINUX_GLIBC_MINOR}",
+    "linux_aarch64": f"aarch64-manylinux_2_{MANYLINUX_GLIBC_MINOR}",
+    "macosx_arm64": "aarch64-apple-darwin",
+    "macosx_x86_64": "x86_64-apple-darwin",
+    "win_amd64": "x86_64-pc-windows-msvc",
+}
 
 
 def host_platform() -> str:
@@ -115,9 +124,32 @@ def pins_for(pins: Iterable[Pin], python: str, platform: str) -> list[Pin]:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """One CPython minor version on one platform, e.g. Target("3.13", "win_amd64")."""
+
     python: str
     platform: str
+
+    def __str__(self) -> str:
+        return f"Python {self.python} on {self.platform}"
+
+
+_Target = Target
+# What the VM (Python 3.13, Debian 13 / Fedora) and local mode on a Linux build machine (3.11,
+# Debian 12's python3) install from cache/wheels.
+VM_TARGETS = (Target("3.13", "linux_x86_64"), Target("3.11", "linux_x86_64"))
+
+
+def check_python(version: str) -> str:
+    if version not in ("3.11", "3.12", "3.13"):
+        raise ApplianceError(f"--python {version}: the lock serves CPython 3.11, 3.12 or 3.13; give one of those")
+    return version
+
+
+def wheel_targets(platforms: Sequence[str], python: str, extra_pythons: Sequence[str] = ()) -> list[Target]:
+    """The drive's targets (each platform with its Python and any extra versions) plus the VM's."""
+    wanted = [Target(v, p) for p in platforms for v in dict.fromkeys([python, *map(check_python, extra_pythons)])]
+    return list(dict.fromkeys([*wanted, *VM_TARGETS]))
 
 
 def sha256_of(path: Path) -> str:
@@ -254,6 +286,46 @@ def build_wheelhouse(lock: Path, dest: Path, python_versions: Sequence[str] = ("
             raise ApplianceError(f"no wheel for Python {python} on {platform}: {', '.join(still)}; "
                                  "these packages publish none for that target")
         print(f"wheels: added {moved} wheels for Python {python}", file=sys.stderr)
+
+
+def fill(lock: Path, dest: Path, targets: Sequence[Target]) -> None:
+    """build_wheelhouse for every target; one flat folder, so a wheel several targets share
+    (pure Python, abi3, one manylinux build for 3.11-3.13) is stored once."""
+    by_platform: dict[str, list[str]] = {}
+    for target in targets:
+        by_platform.setdefault(target.platform, []).append(target.python)
+    for platform, pythons in by_platform.items():
+        build_wheelhouse(lock, dest, pythons, platform)
+
+
+def verifier(dest: Path, pins: Sequence[Pin]) -> _Verified:
+    """Share one between wheels_for calls over the same folder: each wheel is hashed once."""
+    return _Verified(dest, pins)
+
+
+def wheels_for(pins: Sequence[Pin], dest: Path, target: Target,
+               verified: _Verified | None = None) -> tuple[list[Path], list[str]]:
+    """(the verified wheels in `dest` that `target` installs, names of pins with none there)."""
+    verified = verified or _Verified(dest, pins)
+    accepted = target_tags(target.python, target.platform)
+    found: list[Path] = []
+    missing: list[str] = []
+    for pin in pins_for(pins, target.python, target.platform):
+        wheel = verified.matching(pin, accepted)
+        if wheel is None:
+            missing.append(f"{pin.name}=={pin.version}")
+        else:
+            found.append(wheel)
+    return found, missing
+
+
+def resolve_command(uv: str, lock: Path, target: Target, scratch: Path, find_links: Path | None) -> list[str]:
+    """uv's resolver, for `target`, over the whole lock with its hashes: from `find_links` alone
+    (no index), or from PyPI's metadata (no wheel is downloaded) when it is None."""
+    source = ["--no-index", "--find-links", str(find_links)] if find_links else ["--index-url", "https://pypi.org/simple"]
+    return [uv, "pip", "install", "--no-config", "--dry-run", "--target", str(scratch / "target"),
+            "--cache-dir", str(scratch / "uv-cache"), "--python-platform", UV_PLATFORMS[target.platform],
+            "--python-version", target.python, "--only-binary", ":all:", "--require-hashes", *source, "-r", str(lock)]
 
 
 def wheelhouse_size(dest: Path) -> int:

@@ -33,6 +33,7 @@ WORKSHOP = {
     "ports": {"host_address": "127.0.0.1", "jupyter": 18888, "tensorboard": 16006, "ssh": 12222},
     "notebooks": [],
     "assets": {"manifest": "assets.yml", "include": None},
+    "drive": {"platforms": []},  # a VM-only drive: its fake wheels serve no platform (tests/test_drive_launcher.py has local mode)
 }
 
 

@@ -65,7 +65,7 @@ def test_build_lays_out_the_image_with_checksums_and_guide(appliance_cli, checko
     assert {"index.html", "README.txt", "SHA256SUMS"} <= set(files)
     installers = [f for f in files if f.startswith("virtualbox/")]
     assert len(installers) == 5 and any(f.endswith("-Win.exe") for f in installers)
-    assert "local-mode/cache/wheels/numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl" in files
+    assert not [f for f in files if f.startswith(("wheels/", "tools/", "python/")) or f.endswith((".cmd", ".command", ".sh"))]
     assert "local-mode/notebooks/01-mnist-mlp.ipynb" in files
     assert "local-mode/local/setup.bash" in files
     assert "local-mode/cache/mnist.npz" in files
@@ -90,7 +90,8 @@ def test_build_lays_out_the_image_with_checksums_and_guide(appliance_cli, checko
         # no licence in workshop.yml: the plain import works (an --eula form would confuse)
         assert "VBoxManage import test-workshop-1.2.ova" in text and "--eula" not in text
         assert "VT-x" in text and "Hyper-V" in text and "WSL2" in text
-        assert "Apple Silicon" in text and "local mode" in text.lower()
+        # a VM-only drive (drive.platforms: []) promises no start without the VM
+        assert "Apple Silicon" in text and "Work without the VM" not in text and "start-workshop" not in text
         assert "already in use" in text
         assert "VirtualBox-7.2.20-175154-Win.exe" in text
     assert page.startswith("<!DOCTYPE html>") and '<a href="http://localhost:18888/">' in page
@@ -370,7 +371,7 @@ def test_a_flipped_byte_on_one_drive_is_caught(appliance_cli, image, tmp_path):
         points = [d.mount_point for d in drives]
         assert write(appliance_cli, image, *points).returncode == 0
         victim = drives[1]
-        wheel = "local-mode/cache/wheels/numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.whl"
+        wheel = "test-workshop-1.2.ova"  # random bytes: the needle is found once
         needle = (image / wheel).read_bytes()[100_000:100_064]
         victim.unmount()  # change the medium underneath the file system, as a bad flash cell would
         _flip_byte_in_backing_file(victim.backing, needle)
@@ -399,7 +400,9 @@ def test_a_full_drive_fails_alone(appliance_cli, image, tmp_path):
         points = [d.mount_point for d in drives]
         # fill the middle drive so the image no longer fits
         filler = points[1] / "filler.bin"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=34", "status=none"], check=True)
+        image_bytes = sum(f.stat().st_size for f in image.rglob("*") if f.is_file())
+        count = (shutil.disk_usage(points[1]).free - image_bytes // 2) // 2**20
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", f"count={count}", "status=none"], check=True)
         result = write(appliance_cli, image, *points)
         assert result.returncode == 1
         rows = table_rows(result.stdout)
@@ -561,3 +564,78 @@ def test_a_file_system_without_a_drive_is_refused(appliance_cli, tmp_path):
         assert "not on a block device" in result.stderr and "--force" in result.stderr
     finally:
         subprocess.run(["umount", str(point)], check=False)
+
+
+# --- local mode on the drive: what the guide may promise, the launchers --------------------
+
+def test_build_refuses_a_guide_promising_platforms_without_wheels_uv_or_python(appliance_cli, tmp_path, small_ova):
+    from shiphelpers import WORKSHOP
+    data = {k: v for k, v in WORKSHOP.items() if k != "drive"}  # the default: four platforms, CPython 3.13
+    root = make_checkout(tmp_path / "c", installers=False, workshop=data)
+    out = tmp_path / "image"
+    result = build(appliance_cli, root, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    for platform in ("win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64"):
+        assert f"{platform}: " in lines[0]
+    assert "CPython 3.13" in lines[0] and "uv" in lines[0] and "drive.platforms" in lines[0]
+    assert not out.exists()
+
+
+def test_build_counts_a_wheel_whose_hash_is_not_the_locks_as_missing(appliance_cli, tmp_path, small_ova):
+    from shiphelpers import WORKSHOP
+    data = dict(WORKSHOP, drive={"platforms": ["linux_x86_64"], "python": "3.11"})
+    root = make_checkout(tmp_path / "c", installers=False, workshop=data)  # its numpy wheel is random bytes
+    result = build(appliance_cli, root, small_ova, tmp_path / "image", "--drive-size", "64M")
+    assert result.returncode == 2
+    assert "linux_x86_64: 1 wheel(s) for Python 3.11 (e.g. numpy==2.1.0)" in result.stderr
+    assert "win_amd64" not in result.stderr
+
+
+def launcher_call(text: str, uv: str) -> list[str]:
+    """The arguments after `<uv> run` in a launcher, with line continuations joined."""
+    text = text.replace("\\\n", " ").replace("\r\n", "\n")
+    line = next(ln for ln in text.splitlines() if f"{uv}\" run " in ln)
+    return line.split(f"{uv}\" run ", 1)[1].split()
+
+
+def test_the_three_launchers_call_the_one_entry_point_with_the_same_arguments(tmp_path):
+    from appliance import launcher
+    from appliance.thumbdrive import launchers
+
+    scripts = launchers.scripts("dl-workshop-2026.11", "3.13", ["win_amd64", "macosx_arm64", "linux_x86_64", "linux_aarch64"])
+    assert set(scripts) == {launchers.WINDOWS, launchers.MACOS, launchers.LINUX}
+    linux = launcher_call(scripts[launchers.LINUX], "$home_dir/bin/uv")
+    macos = launcher_call(scripts[launchers.MACOS], "$home_dir/bin/uv")
+    windows = launcher_call(scripts[launchers.WINDOWS], "%WHOME%\\bin\\uv.exe")
+    assert linux == macos
+    assert linux[:5] == windows[:5] == ["--no-project", "--python", "3.13", "python", "-I"]
+    assert linux[5] == '"$drive/local-mode/appliance/launcher.py"'
+    assert windows[5] == '"%DRIVE%\\local-mode\\appliance\\launcher.py"'
+    flags = lambda args: [a for a in args if a.startswith("--")]  # noqa: E731
+    assert flags(linux) == flags(windows) == ["--no-project", "--python", "--drive", "--home", "--uv"]
+    # the entry point (standard library only: it runs on the drive's bare CPython) takes these
+    helped = subprocess.run([sys.executable, "-I", str(Path(launcher.__file__))], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert helped.returncode == 2 and "--drive" in helped.stderr  # argparse: the required options
+    parser_flags = set(re.findall(r"--[a-z-]+", subprocess.run(
+        [sys.executable, "-I", str(Path(launcher.__file__)), "--help"], capture_output=True, text=True).stdout))
+    assert {"--drive", "--home", "--uv", "--no-browser", "--port"} <= parser_flags
+    assert linux[-1] == '"$@"' and windows[-1] == "%*"
+
+    # Windows: CRLF throughout, quoted paths (spaces), UTF-8 code page (non-ASCII user names),
+    # uv's Python from the drive, no network
+    cmd = scripts[launchers.WINDOWS]
+    assert "\r\n" in cmd and "\n" not in cmd.replace("\r\n", "")
+    assert "chcp 65001" in cmd and '"%USERPROFILE%\\dl-workshop-2026.11"' in cmd.replace('set "WHOME=', '"')
+    assert 'set "UV_PYTHON_INSTALL_MIRROR=file:///%DRIVE:\\=/%/python"' in cmd and 'set "UV_OFFLINE=1"' in cmd
+    assert '--python-downloads-json-url "%DRIVE%\\python\\downloads.json" 3.13' in cmd
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (bin/install-test-deps installs it)")
+    for name in (launchers.MACOS, launchers.LINUX):
+        path = tmp_path / name
+        path.write_text(scripts[name])
+        check = subprocess.run(["shellcheck", "--shell=sh", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout

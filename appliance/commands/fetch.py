@@ -13,6 +13,12 @@ from appliance.paths import config_path, lock_file
 from appliance.table import format_table, human_size
 
 
+class UsageError(ApplianceError):
+    """A flag given wrongly: exit status 2, like every other bad input."""
+
+    exit_code = 2
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = subparsers.add_parser(
         "fetch",
@@ -26,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="download these assets and write their sha256 into the manifest")
     fetch.add_argument("--only", nargs="+", metavar="NAME", default=None, help="handle only these assets")
     fetch.add_argument("--installers", action="store_true", help="include the installers (kind: installer)")
-    fetch.add_argument("--wheels", action="store_true", help="also fill CACHE/wheels from the lock file")
+    fetch.add_argument("--wheels", action="store_true",
+                       help="also fill CACHE/wheels from the lock file: every drive.platforms of workshop.yml "
+                       "with drive.python, and what the VM needs")
+    fetch.add_argument("--python", action="append", default=[], metavar="X.Y",
+                       help="with --wheels: another CPython version for the drive's platforms (repeatable), e.g. 3.12")
     fetch.add_argument("--retries", type=int, default=3, metavar="N", help="extra attempts per URL on network errors (default 3)")
     fetch.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                        help="give up on a URL that sends nothing, or less than 16 KiB, for this long (default 60)")
@@ -69,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--retries must be 0 or more")
     if not args.timeout > 0:
         raise UsageError("--timeout must be more than 0 seconds")
+    if args.python and not args.wheels:
+        raise UsageError("--python only adds wheels: give it with --wheels")
+    for version in args.python:
+        if version not in ("3.11", "3.12", "3.13"):
+            raise UsageError(f"--python {version}: the lock serves CPython 3.11, 3.12 or 3.13; give one of those")
     outcomes = fetch_assets(
         assets,
         cache,
@@ -85,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     unpinned = [o.name for o in outcomes if o.status == UNPINNED]
     print(f"\n{len(outcomes)} asset(s) ready in {cache}" + (f"; unpinned (not verified): {', '.join(unpinned)}" if unpinned else ""))
     if args.wheels:
-        fill_wheelhouse(loaded, cache, offline=args.offline)
+        fill_wheelhouse(loaded, cache, offline=args.offline, pythons=args.python)
     return 0
 
 
@@ -94,7 +109,7 @@ def _short(note: str, limit: int = 90) -> str:
     return note if len(note) <= limit else note[: limit - 3] + "..."
 
 
-def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool) -> None:
+def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool, pythons: list[str] | None = None) -> None:
     dest = cache / "wheels"
     if offline:
         wheels = sorted(dest.glob("*.whl")) if dest.is_dir() else []
@@ -102,9 +117,10 @@ def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool) -> None
             raise ApplianceError(f"offline: no wheels in {dest}; run `appliance fetch --wheels` where there is internet")
         print(f"wheelhouse: {len(wheels)} wheels in {dest}")
         return
-    from appliance.wheels import build_wheelhouse  # only this branch needs pip and packaging
+    from appliance import wheels  # only this branch needs pip and packaging
 
     lock = lock_file(loaded.root)
     if not lock.is_file():
         raise ApplianceError(f"{lock} does not exist; create the lock first")
-    build_wheelhouse(lock, dest)
+    drive = loaded.workshop.drive
+    wheels.fill(lock, dest, wheels.wheel_targets(drive.platforms, drive.python, pythons or []))

@@ -52,6 +52,12 @@ def run_build(args: argparse.Namespace) -> int:
     except OSError as exc:
         # What was half-written is a marked hidden folder beside out; the next build removes it.
         raise ApplianceError(f"writing the image to {out}: {exc.strerror or exc} ({exc.filename or out})") from None
+    for platform, size in plan.platform_sizes.items():
+        print(f"thumbdrive: local mode for {platform}: {size / 1e9:.2f} GB (wheels, uv, Python)")
+    if plan.platform_sizes:
+        shared = sum(e.size for e in plan.entries if e.path.startswith(("wheels/", "tools/", "python/")))
+        print(f"thumbdrive: local mode for all {len(plan.platform_sizes)} platforms: {shared / 1e9:.2f} GB "
+              "(a wheel several platforms share is stored once)")
     print(f"wrote {image}: {len(plan.entries) + 1} files, {plan.total / 1e9:.2f} GB "
           f"({needed / 1e9:.2f} GB on {args.filesystem}, fits a {drive_size / 1e9:.0f} GB drive)"
           + (f"; {len(plan.missing)} missing (listed above)" if plan.missing else ""))

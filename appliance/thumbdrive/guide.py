@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from appliance.config import Workshop
+from appliance.thumbdrive import launchers
+from appliance.thumbdrive.localmode import LABELS
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,11 @@ class GuideFacts:
     workshop: Workshop
     ova_name: str
     installers: dict[str, str]          # platform -> file name under virtualbox/
+    local_sizes: dict[str, int] = field(default_factory=dict)  # drive platform -> bytes it needs
+
+    @property
+    def local_platforms(self) -> list[str]:
+        return list(self.local_sizes)
 
     @property
     def url(self) -> str:
@@ -57,15 +65,24 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
             f"From a terminal instead:  VBoxManage import {facts.ova_name}",
         ]
     installers = [f"{PLATFORM_LABELS.get(p, p)}: virtualbox/{name}" for p, name in sorted(facts.installers.items())]
+    local = facts.local_platforms
+    on_drive = [f"{facts.ova_name}: the workshop virtual machine (import it in VirtualBox)."]
+    if facts.installers:
+        on_drive.append("virtualbox/: VirtualBox installers for "
+                        + ", ".join(PLATFORM_LABELS.get(p, p) for p in sorted(facts.installers)) + ".")
+    if local:
+        on_drive += [
+            "The start files (" + ", ".join(n for n in launchers.scripts(w.artifact_name, w.drive.python, local)) + "): "
+            "the workshop without a VM on " + "; ".join(LABELS[p] for p in local) + ".",
+            f"wheels/, python/, tools/: the Python packages, Python {w.drive.python} and the uv installer "
+            "for those computers; nothing needs the internet.",
+            "local-mode/: the notebooks, their data and the code the start files run.",
+        ]
+    on_drive.append("SHA256SUMS: checksums of every file (sha256sum -c SHA256SUMS checks them).")
     if not installers:
         installers = ["Download VirtualBox from https://www.virtualbox.org/wiki/Downloads"]
     return [
-        ("What is on this drive", [
-            f"{facts.ova_name}: the workshop virtual machine (import it in VirtualBox).",
-            "virtualbox/: VirtualBox installers for Windows, macOS and Linux.",
-            "local-mode/: the notebooks and an offline Python package folder, to work without a VM.",
-            "SHA256SUMS: checksums of every file (sha256sum -c SHA256SUMS checks them).",
-        ]),
+        ("What is on this drive", on_drive),
         ("1. Install VirtualBox", installers + [
             "Copy the installer for your computer to your disk first, then run it.",
         ]),
@@ -82,13 +99,7 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
             f"TensorBoard is at http://localhost:{w.ports.tensorboard}/ when a notebook starts it.",
             "Save your work with File > Download in Jupyter before you delete the machine.",
         ]),
-        ("Local mode instead of the VM", [
-            "If the VM does not run on your computer (Apple Silicon Macs, no virtualization), work locally:",
-            "Install Python 3.10 to 3.13 (python.org or your package manager).",
-            "Copy the local-mode folder to your disk, open a terminal in it and run:  bash local/setup.bash",
-            "then:  bash local/run-jupyter.bash   and open the address it prints.",
-            "The setup installs from the wheels on this drive; no internet connection is needed.",
-        ]),
+        *_local_section(facts),
         ("Troubleshooting", [
             "\"VT-x is disabled in the BIOS\" / \"AMD-V is disabled\" / the VM stops at once: turn on "
             "virtualization (Intel VT-x, AMD SVM) in your computer's firmware setup (press F2, F10, Del or "
@@ -96,9 +107,10 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
             "Windows: a green turtle in the VirtualBox status bar or a very slow VM means Hyper-V is on "
             "(WSL2, Docker Desktop, Windows Sandbox, Memory integrity use it). Turn off \"Hyper-V\", "
             "\"Virtual Machine Platform\" and \"Windows Hypervisor Platform\" in Windows Features and "
-            "restart, or use local mode.",
+            "restart" + (", or work without the VM (see above)." if "win_amd64" in local else "."),
             "Apple Silicon Macs (M1 and later): the workshop VM is built for Intel/AMD (x86-64) "
-            "processors and does not run there. Use local mode.",
+            "processors and does not run there." + (" Work without the VM (see above)." if "macosx_arm64" in local
+                                                    else " Ask the organizers for another way to take part."),
             f"\"Address already in use\" or the page does not open: another program uses port "
             f"{w.ports.jupyter}. Close it (another Jupyter?), or in VirtualBox: Settings > Network > "
             f"Advanced > Port Forwarding, change the host port of 'jupyter' (for example to "
@@ -107,6 +119,44 @@ def _sections(facts: GuideFacts) -> list[tuple[str, list[str]]]:
             "Not enough memory: close other programs, or lower the memory in Settings > System (not below 2048 MB).",
         ]),
     ]
+
+
+def _local_section(facts: GuideFacts) -> list[tuple[str, list[str]]]:
+    """Only what this drive holds: a platform is named only when its wheels, uv and Python are here."""
+    w = facts.workshop
+    local = facts.local_platforms
+    if not local:
+        return []
+    folder = w.artifact_name
+    steps = []
+    if "win_amd64" in local:
+        steps.append(f"Windows: double-click \"{launchers.WINDOWS}\" on the drive.")
+    if "macosx_arm64" in local:
+        steps.append(f"macOS (Apple Silicon): double-click \"{launchers.MACOS}\" on the drive, or in Terminal run: "
+                     f"sh \"/Volumes/<the drive's name>/{launchers.MACOS}\"")
+    if any(p.startswith("linux_") for p in local):
+        arches = " and ".join(LABELS[p].removeprefix("Linux on ") for p in local if p.startswith("linux_"))
+        steps.append(f"Linux ({arches}): open a terminal in the drive's folder and run:  sh {launchers.LINUX}")
+    again = [text for platform, text in (("win_amd64", "double-click start-workshop.cmd (Windows)"),
+                                         ("macosx_arm64", "double-click start-workshop.command (macOS)"),
+                                         ("linux_", "run  sh start-workshop.sh  (Linux)"))
+             if any(p.startswith(platform) for p in local)]
+    # Measured (bench/thumbdrive.py): the installed environment plus uv's cache take about 4.5
+    # times the wheels and Python archive they come from.
+    largest = max(facts.local_sizes.values())
+    return [("Without a VM: nothing to install, no internet needed", [
+        *steps,
+        f"The first start copies Python {w.drive.python} and the workshop packages from the drive into the folder "
+        f"{folder} in your home folder (about {math.ceil(largest * 5 / 1e9)} GB of free space; a few minutes), "
+        "without administrator rights.",
+        "Later starts take a few seconds and need no drive: in that folder, " + "; ".join(again) + ".",
+        f"Your browser opens JupyterLab at http://127.0.0.1:{w.ports.jupyter}/lab (or the next free port); the "
+        f"window that starts it shows the address, and the token is in {folder}/jupyter-token.",
+        f"Your notebooks are saved in {folder}/notebooks; nothing is written to the drive. Close that window "
+        "(or press Ctrl-C in it) to stop JupyterLab.",
+        "Other computers (" + ", ".join(LABELS[p] for p in LABELS if p not in local) + ", Intel Macs) use the VM."
+        if len(local) < len(LABELS) else "Intel Macs use the VM.",
+    ])]
 
 
 def readme_text(facts: GuideFacts) -> str:

@@ -4,8 +4,10 @@ Layout (names FAT accepts):
     <name>-<version>.ova       the appliance
     virtualbox/<installer>     VirtualBox installers from the asset cache
     local-mode/                workshop.yml, assets.yml, appliance/, local/, notebooks/,
-                               requirements/, cache/ (assets + wheels): a checkout subset,
-                               so local/setup.bash works unchanged from a copy of it
+                               requirements/, cache/ (assets), drive.json: a checkout subset
+    wheels/                    the wheels of every drive platform, each file once
+    tools/<platform>/uv[.exe]  uv per platform; python/: CPython per platform + downloads.json
+    Start workshop (Windows).cmd, Start workshop (macOS).command, start-workshop-linux.sh
     index.html, README.txt     the participant guide
     SHA256SUMS                 over every other file
 """
@@ -23,8 +25,8 @@ from pathlib import Path, PurePosixPath
 
 from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError
-from appliance.paths import cache_dir, dist_dir, wheels_dir
-from appliance.thumbdrive import checksums, guide
+from appliance.paths import cache_dir, dist_dir
+from appliance.thumbdrive import checksums, guide, localmode
 
 Progress = Callable[[str], None]
 
@@ -60,6 +62,7 @@ class Entry:
 class Plan:
     entries: list[Entry] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)   # what the image should hold but the cache lacks
+    platform_sizes: dict[str, int] = field(default_factory=dict)  # local mode's bytes per platform
 
     def add_file(self, path: str, source: Path) -> None:
         self.entries.append(Entry(path, source.stat().st_size, source=source))
@@ -128,8 +131,8 @@ def plan_image(loaded: LoadedConfig, ova: Path) -> Plan:
 
     installers: dict[str, str] = {}
     for asset in loaded.manifest.assets:
-        if asset.kind != "installer":
-            continue
+        if asset.kind != "installer" or (asset.platform or "").startswith(("uv-", "cpython")):
+            continue  # uv and CPython go under tools/ and python/, for the drive's platforms only
         found = cached_asset(root, asset.name)
         if found is None:
             plan.missing.append(f"virtualbox/{asset.name} ({asset.platform}; run `appliance fetch`)")
@@ -153,13 +156,14 @@ def plan_image(loaded: LoadedConfig, ova: Path) -> Plan:
             plan.missing.append(f"local-mode/cache/{asset.name} (run `appliance fetch`)")
         else:
             plan.add_file(f"local-mode/cache/{asset.name}", found)
-    wheels = wheels_dir(root)
-    if wheels.is_dir() and any(wheels.iterdir()):
-        plan.add_tree("local-mode/cache/wheels", wheels)
-    else:
-        plan.missing.append("local-mode/cache/wheels/ (the offline wheelhouse; run `appliance fetch`)")
+    local = localmode.plan_local_mode(loaded)
+    for path, source in local.files:
+        plan.add_file(path, source)
+    for path, content in local.contents:
+        plan.add_content(path, content)
+    plan.platform_sizes = local.sizes
 
-    facts = guide.GuideFacts(loaded.workshop, ova.name, installers)
+    facts = guide.GuideFacts(loaded.workshop, ova.name, installers, local.sizes)
     plan.add_content("index.html", guide.index_html(facts).encode("utf-8"))
     plan.add_content("README.txt", guide.readme_text(facts).encode("utf-8"))
     return plan
