@@ -33,6 +33,22 @@ def appliance_cli():
     return run_appliance
 
 
+@pytest.fixture
+def debian_workshop(tmp_path: Path) -> Path:
+    """The repository's workshop.yml with vm.os: debian (what the qemu provider builds), in a
+    folder of its own with a copy of the notebooks (paths must stay inside that folder)."""
+    import yaml
+
+    workshop = yaml.safe_load((REPO_ROOT / "workshop.yml").read_text())
+    workshop["vm"]["os"] = "debian"
+    folder = tmp_path / "debian-workshop"
+    shutil.copytree(REPO_ROOT / "notebooks", folder / "notebooks",
+                    ignore=shutil.ignore_patterns("results", "logs", ".ipynb_checkpoints", "__pycache__"))
+    (folder / "assets.yml").write_text((REPO_ROOT / "assets.yml").read_text())
+    (folder / "workshop.yml").write_text(yaml.safe_dump(workshop, sort_keys=False))
+    return folder / "workshop.yml"
+
+
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path:
     """cache/wheels filled from the lock for CPython 3.11 and 3.13 on Linux x86_64 (real PyPI

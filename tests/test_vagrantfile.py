@@ -143,8 +143,8 @@ def test_dry_run_libvirt_and_provision_only(appliance_cli):
     assert lines[3].endswith("vagrant halt")
 
 
-def test_dry_run_qemu_shows_forwards_on_the_host_address(appliance_cli, repo_root):
-    result = appliance_cli("build", "--provider", "qemu", "--dry-run")
+def test_dry_run_qemu_shows_forwards_on_the_host_address(appliance_cli, repo_root, debian_workshop):
+    result = appliance_cli("build", "--provider", "qemu", "--dry-run", "--config", str(debian_workshop))
     assert result.returncode == 0, result.stderr
     qemu_line = next(line for line in result.stdout.splitlines() if line.startswith("qemu-system-x86_64"))
     for guest, host in ((22, 2222), (8888, 8888), (6006, 6006)):

@@ -150,18 +150,6 @@ def _appliance(*args: str, repo_root: Path) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "PYTHONPATH": str(repo_root)}, timeout=300)
 
 
-def _debian_workshop(repo_root: Path, folder: Path) -> Path:
-    """The repository's workshop.yml with vm.os: debian (what the qemu provider builds), in `folder`."""
-    import yaml
-
-    workshop = yaml.safe_load((repo_root / "workshop.yml").read_text())
-    workshop["vm"]["os"] = "debian"
-    (folder / "notebooks").symlink_to(repo_root / "notebooks")
-    (folder / "assets.yml").write_text((repo_root / "assets.yml").read_text())
-    (folder / "workshop.yml").write_text(yaml.safe_dump(workshop, sort_keys=False))
-    return folder / "workshop.yml"
-
-
 def test_qemu_provider_refuses_an_os_it_does_not_build(repo_root):
     import yaml
 
@@ -173,14 +161,15 @@ def test_qemu_provider_refuses_an_os_it_does_not_build(repo_root):
     assert result.stdout == ""
 
 
-def test_qemu_build_dry_run_prints_the_native_build_and_writes_nothing(repo_root, tmp_path):
-    config = _debian_workshop(repo_root, tmp_path)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+def test_qemu_build_dry_run_prints_the_native_build_and_writes_nothing(repo_root, debian_workshop):
+    config = debian_workshop
+    folder = config.parent
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     built = _appliance("build", "--provider", "qemu", "--dry-run", "--config", str(config), repo_root=repo_root)
     again = _appliance("build", "--provider", "qemu", "--provision-only", "--dry-run", "--config", str(config),
                        repo_root=repo_root)
     assert built.returncode == 0 and again.returncode == 0, built.stderr + again.stderr
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no key, no state folder
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # no key, no state folder
     assert "community.general.chroot" in built.stdout and "mkfs.ext4" in built.stdout and " -d " in built.stdout
     assert "verification boot" in built.stdout
     assert "community.general.chroot" in again.stdout and "mkfs.ext4" not in again.stdout
