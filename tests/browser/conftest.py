@@ -25,11 +25,10 @@ import pytest
 from freeports import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("WORKSHOP_CHROMIUM", "/usr/bin/chromium"))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "notebooks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_assets  # noqa: E402
-from labkit import SCREENSHOTS  # noqa: E402
+from labkit import CHROMIUM, SCREENSHOTS, chromium  # noqa: E402
 
 # Any attempt to reach an index goes to a closed port and fails at once.
 NO_NETWORK = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1",
@@ -142,15 +141,8 @@ def workshop(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iter
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # --no-sandbox: the CI machine runs the tests as root, where Chromium's sandbox refuses to start
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="session")

@@ -82,22 +82,6 @@ def _run_in_kernel(built_vm, sources: list[str], timeout: float = 900) -> str:
     return "".join(output)
 
 
-def test_notebook_00_runs_in_quick_mode_in_the_vm(built_vm):
-    """Notebook 00 as the VM's server holds it (contents API), with quick=True injected after
-    its parameters cell, run cell by cell on the VM's kernel."""
-    auth = {"Authorization": f"token {built_vm.token}"}
-    name = "00-framework-basics.ipynb"
-    notebook = requests.get(f"{built_vm.jupyter_url}/api/contents/{name}", headers=auth, timeout=30)
-    assert notebook.status_code == 200, notebook.text
-    cells = [c for c in notebook.json()["content"]["cells"] if c["cell_type"] == "code"]
-    at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
-    sources = [c["source"] for c in cells]
-    sources.insert(at + 1, "quick = True")
-    text = _run_in_kernel(built_vm, sources)
-    assert "f(2) = 11.0" in text, text[-3000:]
-    assert "symbolic gradient at 2: 7.0" in text, text[-3000:]
-
-
 def test_every_notebook_and_asset_is_where_the_notebooks_look(built_vm):
     """In the VM's kernel (the notebooks' folder, KERAS_HOME and manifest of the service):
     workshop_utils.asset_path finds each asset, with the manifest's hash; every notebook of
