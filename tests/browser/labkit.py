@@ -105,7 +105,8 @@ def finished_cleanly(lab) -> str:
     images.first.scroll_into_view_if_needed()
     assert images.first.is_visible()
     assert images.first.evaluate("img => img.naturalWidth") > 100  # a plot, decoded and drawn
-    return "\n".join(lab.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_inner_texts())
+    # textContent, not innerText: off-screen cells (content-visibility) have text but no layout
+    return "\n".join(lab.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_text_contents())
 
 
 def requests_leaving(urls: list[str]) -> list[str]:
