@@ -48,7 +48,7 @@ def say(message: str, prog: str = PROG) -> None:
 # --- install: kernel and lab settings --------------------------------------------------------
 
 def kernel_env(keras_backend: str, keras_home: Path) -> dict[str, str]:
-    env = json.loads((SETTINGS / "kernel-env.json").read_text())
+    env = json.loads((SETTINGS / "kernel-env.json").read_text(encoding="utf-8"))
     return {**env, "KERAS_BACKEND": keras_backend, "KERAS_HOME": str(keras_home)}
 
 
@@ -84,10 +84,10 @@ def install(prefix: Path, keras_backend: str, keras_home: Path) -> None:
         pass
     # jupyter_config.json, not jupyter_server_config.d/: a server started with --config=FILE (ours
     # and the VM's) reads only that file of its own name, but every jupyter_config.json on the path
-    _write(prefix / "etc" / "jupyter" / "jupyter_config.json", (SETTINGS / "server.json").read_text())
-    _write(prefix / "etc" / "jupyter" / "labconfig" / "page_config.json", (SETTINGS / "page_config.json").read_text())
-    _write(prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json",
-           (SETTINGS / "overrides.json").read_text())
+    for source, target in (("server.json", "etc/jupyter/jupyter_config.json"),
+                           ("page_config.json", "etc/jupyter/labconfig/page_config.json"),
+                           ("overrides.json", "share/jupyter/lab/settings/overrides.json")):
+        _write(prefix / target, (SETTINGS / source).read_text(encoding="utf-8"))
 
 
 # --- serve ------------------------------------------------------------------------------------

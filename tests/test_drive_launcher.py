@@ -212,6 +212,9 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
         prefix, _, backend, keras_home, *kernel_env = out.strip().split("|")
         assert Path(prefix) == home / "env" and backend == "tensorflow" and Path(keras_home) == home / "keras"
         assert dict(zip(sorted(KERNEL_ENV), kernel_env)) == KERNEL_ENV and KERNEL_ENV["TF_CPP_MIN_LOG_LEVEL"] == "2"
+        spec = json.loads((home / "env/share/jupyter/kernels/workshop/kernel.json").read_text())
+        assert spec["env"] == {**KERNEL_ENV, "KERAS_BACKEND": "tensorflow", "KERAS_HOME": str(home / "keras")}
+        assert spec["argv"][0] == str(home / "env" / "bin" / "python")
         assert (home / "notebooks" / "hello.ipynb").is_file()
         assert (home / "python").is_dir()  # uv installed the drive's CPython into the participant's folder
     finally:
