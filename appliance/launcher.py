@@ -9,7 +9,9 @@ drive's CPython, and run this file with it:
 Standard library only, run isolated (-I: nothing of its folder, PYTHONPATH or user site shadows
 a standard module): it runs before the workshop environment exists, with no appliance venv.
 It builds H/env from the drive's wheels (uv, --no-index --require-hashes), copies the notebooks
-(never over a participant's own copy) and places the assets in H, then serves JupyterLab on
+(never over a participant's own copy) and places the assets in H, installs the workshop kernel
+and the lab settings into H/env with local mode's own local/workshop_jupyter.py from the drive
+(the one kernel, quiet, no news: the same first hour as local mode), then serves JupyterLab on
 127.0.0.1 with a token kept in a 0600 file and passed through the environment, never argv.
 A second start finds everything in place and only starts JupyterLab. The first start also
 leaves H/start-workshop.sh, .command or .cmd (this file and the drive's settings copied to H),
@@ -65,6 +67,10 @@ def env_python(env: Path) -> Path:
     return env / ("Scripts/python.exe" if WINDOWS else "bin/python")
 
 
+def keras_home(home: Path) -> Path:
+    return home / "keras"
+
+
 def ensure_env(drive: Path, home: Path, uv: Path, info: dict) -> Path:
     """H/env with the lock installed, built once: the stamp names the lock and this Python."""
     env = home / "env"
@@ -113,13 +119,25 @@ def place_files(drive: Path, home: Path, info: dict) -> None:
             copy_new(source, target)
     for asset in info["assets"]:
         root, _, rest = asset["place"].partition("/")
-        target = home / ("keras" if root == "keras" else "notebooks") / rest
+        target = (keras_home(home) if root == "keras" else home / "notebooks") / rest
         if not target.is_file() or target.stat().st_size != asset["size"]:
             copy_new(drive / asset["file"], target)
-    keras_json = home / "keras" / "keras.json"
+    keras_json = keras_home(home) / "keras.json"
     keras_json.parent.mkdir(parents=True, exist_ok=True)
     keras_json.write_text(json.dumps({"backend": info["keras_backend"], "floatx": "float32", "epsilon": 1e-07,
                                       "image_data_format": "channels_last"}) + "\n", encoding="utf-8")
+
+
+def install_jupyter_settings(drive: Path, home: Path, env: Path, info: dict) -> None:
+    """The `workshop` kernel (its environment from local/jupyter/kernel-env.json) and the server
+    and lab settings, written into the env by the drive's local/workshop_jupyter.py: local
+    mode's code and files, not a copy here. Done at every start from the drive (a fraction of a
+    second), so a new drive's settings reach an env built by an older one."""
+    script = drive / info["jupyter_settings"]
+    if not script.is_file():
+        raise LaunchError(f"{script} is missing on the drive; copy the drive again, or ask the organizers")
+    run([str(env_python(env)), "-I", str(script), "install", "--keras-backend", info["keras_backend"],
+         "--keras-home", str(keras_home(home))])
 
 
 def token_of(home: Path) -> str:
@@ -178,7 +196,7 @@ def start_jupyter(home: Path, env: Path, info: dict, port: int | None, browser: 
     token = token_of(home)
     port = free_port(port or info["jupyter_port"])
     url = f"http://127.0.0.1:{port}/"
-    environment = dict(os.environ, JUPYTER_TOKEN=token, KERAS_HOME=str(home / "keras"),
+    environment = dict(os.environ, JUPYTER_TOKEN=token, KERAS_HOME=str(keras_home(home)),
                        KERAS_BACKEND=info["keras_backend"], JUPYTER_PLATFORM_DIRS="1")
     command = [str(env_python(env)), "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={home / 'notebooks'}"]
@@ -259,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             home.mkdir(parents=True, exist_ok=True)
             env = ensure_env(drive, home, args.uv, info)
             place_files(drive, home, info)
+            install_jupyter_settings(drive, home, env, info)
             keep_at_home(drive, home)
         return start_jupyter(home, env, info, args.port, not args.no_browser)
     except LaunchError as exc:

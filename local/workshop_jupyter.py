@@ -1,7 +1,8 @@
-"""Local mode's Jupyter, shared by local/setup.bash and local/run-jupyter.bash (run with the
-env's `python -P`, so nothing in the current folder shadows a module).
+"""Local mode's Jupyter, shared by local/setup.bash, local/run-jupyter.bash and the thumb drive's
+appliance/launcher.py (run with the env's `python -P` or `-I`, so nothing in the current folder
+shadows a module; `install` needs only the standard library).
 
-    python -P local/workshop_jupyter.py install [--keras-backend B]   # kernel + lab settings into the env
+    python -P local/workshop_jupyter.py install --keras-backend B [--keras-home DIR]  # kernel + lab settings into the env
     python -P local/workshop_jupyter.py serve [--port N] [--open]     # start JupyterLab, print the URL last
 
 The token never appears on a command line (other users can read /proc/PID/cmdline): it goes to
@@ -47,22 +48,27 @@ def say(message: str, prog: str = PROG) -> None:
 # --- install: kernel and lab settings --------------------------------------------------------
 
 def kernel_env(keras_backend: str, keras_home: Path) -> dict[str, str]:
-    env = json.loads((SETTINGS / "kernel-env.json").read_text())
+    env = json.loads((SETTINGS / "kernel-env.json").read_text(encoding="utf-8"))
     return {**env, "KERAS_BACKEND": keras_backend, "KERAS_HOME": str(keras_home)}
 
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def env_python(prefix: Path) -> Path:
+    return prefix / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def install(prefix: Path, keras_backend: str, keras_home: Path) -> None:
     """The workshop kernel and the lab settings, into the env's own share/ and etc/ (so nothing
-    in the participant's ~/.jupyter changes, and the env's Jupyter finds them)."""
+    in the participant's ~/.jupyter changes, and the env's Jupyter finds them). The same paths
+    on Windows: Jupyter looks in sys.prefix/share/jupyter and sys.prefix/etc/jupyter everywhere."""
     spec = {
-        "argv": [str(prefix / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [str(env_python(prefix)), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": KERNEL_DISPLAY_NAME,
         "language": "python",
         "env": kernel_env(keras_backend, keras_home),
@@ -78,10 +84,10 @@ def install(prefix: Path, keras_backend: str, keras_home: Path) -> None:
         pass
     # jupyter_config.json, not jupyter_server_config.d/: a server started with --config=FILE (ours
     # and the VM's) reads only that file of its own name, but every jupyter_config.json on the path
-    _write(prefix / "etc" / "jupyter" / "jupyter_config.json", (SETTINGS / "server.json").read_text())
-    _write(prefix / "etc" / "jupyter" / "labconfig" / "page_config.json", (SETTINGS / "page_config.json").read_text())
-    _write(prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json",
-           (SETTINGS / "overrides.json").read_text())
+    for source, target in (("server.json", "etc/jupyter/jupyter_config.json"),
+                           ("page_config.json", "etc/jupyter/labconfig/page_config.json"),
+                           ("overrides.json", "share/jupyter/lab/settings/overrides.json")):
+        _write(prefix / target, (SETTINGS / source).read_text(encoding="utf-8"))
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -207,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     inst = commands.add_parser("install")
     inst.add_argument("--keras-backend", required=True)
+    inst.add_argument("--keras-home", type=Path, help="where Keras keeps its models and data (default: ENV/keras)")
     srv = commands.add_parser("serve")
     srv.add_argument("--port", type=int)
     srv.add_argument("--open", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "install":
-            install(Path(sys.prefix), args.keras_backend, Path(sys.prefix) / "keras")
+            install(Path(sys.prefix), args.keras_backend, args.keras_home or Path(sys.prefix) / "keras")
             return 0
         return serve(args.port, args.open)
     except Refused as refused:

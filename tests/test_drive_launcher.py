@@ -2,7 +2,8 @@
 the drive mounted read-only at a path with spaces, a home folder with a non-ASCII name, no
 Python on PATH, the package index unreachable. The Linux launcher copies uv, lets it install
 CPython from the drive, builds the environment from the drive's wheels, starts JupyterLab,
-and a cell runs on its kernel; a second start reuses everything.
+and a cell runs on its kernel; a second start reuses everything. The first hour is local
+mode's: the one `workshop` kernel, quiet (TF_CPP_MIN_LOG_LEVEL), no news prompt.
 
 python-build-standalone's host is not reachable here, so the drive carries a CPython archive
 made by the test in the same install_only layout (this machine's Debian CPython 3.11 with its
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +35,7 @@ from freeports import free_port
 from test_local_mode import execute
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KERNEL_ENV = json.loads((REPO_ROOT / "local" / "jupyter" / "kernel-env.json").read_text())
 DEBIAN_PYTHON = Path("/usr/bin/python3.11")
 pytestmark = [
     pytest.mark.local,
@@ -160,6 +164,23 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def assert_only_the_workshop_kernel(base: str, auth: dict[str, str]) -> None:
+    kernelspecs = requests.get(f"{base}/api/kernelspecs", headers=auth, timeout=10).json()
+    assert kernelspecs["default"] == "workshop" and list(kernelspecs["kernelspecs"]) == ["workshop"], kernelspecs
+    assert kernelspecs["kernelspecs"]["workshop"]["spec"]["display_name"] == "Python 3 (workshop)"
+
+
+def assert_local_modes_lab_settings(base: str, auth: dict[str, str]) -> None:
+    """local/jupyter/'s server, page and lab settings are the ones this server uses."""
+    assert requests.get(f"{base}/api", headers=auth, timeout=10).headers.get("X-Workshop-Appliance") == "jupyter"
+    notification = requests.get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+                                headers=auth, timeout=30).json()["schema"]["properties"]
+    assert notification["fetchNews"]["default"] == "false" and notification["checkForUpdates"]["default"] is False
+    page = requests.get(f"{base}/lab", headers=auth, timeout=30).text
+    config = json.loads(html.unescape(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S).group(1)))
+    assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
+
+
 def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
     mount, base, _ = drive
     env = participant_env(base)
@@ -177,14 +198,23 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
         for pid in subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True).stdout.split():
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             assert token not in cmdline  # the token travels in the environment, never argv
-        assert requests.get(f"http://127.0.0.1:{port}/api/kernels", timeout=10).status_code == 403
-        kernel = requests.post(f"http://127.0.0.1:{port}/api/kernels", headers={"Authorization": f"token {token}"},
-                               json={"name": "python3"}, timeout=60).json()
+        server, auth = f"http://127.0.0.1:{port}", {"Authorization": f"token {token}"}
+        assert requests.get(f"{server}/api/kernels", timeout=10).status_code == 403
+        assert_only_the_workshop_kernel(server, auth)
+        assert_local_modes_lab_settings(server, auth)
+        kernel = requests.post(f"{server}/api/kernels", headers=auth, json={"name": "workshop"}, timeout=60).json()
+        assert kernel["name"] == "workshop"
         out, errors = execute(f"ws://127.0.0.1:{port}", kernel["id"], token,
-                              "import sys, numpy, keras; print(sys.prefix, numpy.__version__, keras.backend.backend(), sep='|')")
+                              "import os, sys, numpy, keras\n"
+                              "print(sys.prefix, numpy.__version__, keras.backend.backend(), os.environ.get('KERAS_HOME'),\n"
+                              "      *(os.environ.get(name) for name in sorted(%r)), sep='|')" % sorted(KERNEL_ENV))
         assert not errors, errors
-        prefix, _, backend = out.strip().split("|")
-        assert Path(prefix) == home / "env" and backend == "tensorflow"
+        prefix, _, backend, keras_home, *kernel_env = out.strip().split("|")
+        assert Path(prefix) == home / "env" and backend == "tensorflow" and Path(keras_home) == home / "keras"
+        assert dict(zip(sorted(KERNEL_ENV), kernel_env)) == KERNEL_ENV and KERNEL_ENV["TF_CPP_MIN_LOG_LEVEL"] == "2"
+        spec = json.loads((home / "env/share/jupyter/kernels/workshop/kernel.json").read_text())
+        assert spec["env"] == {**KERNEL_ENV, "KERAS_BACKEND": "tensorflow", "KERAS_HOME": str(home / "keras")}
+        assert spec["argv"][0] == str(home / "env" / "bin" / "python")
         assert (home / "notebooks" / "hello.ipynb").is_file()
         assert (home / "python").is_dir()  # uv installed the drive's CPython into the participant's folder
     finally:
@@ -206,6 +236,7 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
         url = (home / "jupyter-url").read_text().strip()  # the port, or the next free one
         assert url.startswith("http://127.0.0.1:")
         assert requests.get(f"{url}api/status", headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
+        assert_only_the_workshop_kernel(url.rstrip("/"), {"Authorization": f"token {token}"})  # kept in the env
     finally:
         stop(process)
     print(f"first start {first:.1f} s, second start {second:.1f} s")

@@ -420,39 +420,46 @@ class _StallingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_ctrl_c_during_a_download_leaves_nothing_behind(tmp_path: Path, repo_root: Path) -> None:
-    import signal
-    import subprocess
+def fetch_stopped_mid_download(tmp_path: Path, repo_root: Path, sig: int) -> tuple[int, str, Path]:
+    """`appliance fetch` of one asset from a server that stalls mid-file, sent `sig` once its
+    temporary file holds data: (exit status, stderr, cache)."""
     import sys
-    import time
 
     release = threading.Event()
     handler = type("Handler", (_StallingHandler,), {"release": release})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/a.bin"
-        config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [url], "hash": f"sha256:{SHA256}"}])
-        cache = tmp_path / "cache"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)],
-            cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 30
-        while not any(p.stat().st_size > 0 for p in cache.glob(".*.part")) if cache.is_dir() else True:
-            assert time.monotonic() < deadline, "the download never started"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _out, err = process.communicate(timeout=30)
-        assert process.returncode == 130, err
-        assert "interrupted" in err and "Traceback" not in err
-        assert not (cache / "a.bin").exists()
-        assert leftovers(cache) == []
+        with serving(handler) as base:
+            config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"{base}/a.bin"], "hash": f"sha256:{SHA256}"}])
+            cache = tmp_path / "cache"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)],
+                cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while not (cache.is_dir() and any(p.stat().st_size > 0 for p in cache.glob(".*.part"))):
+                    assert time.monotonic() < deadline, "the download never started"
+                    time.sleep(0.05)
+                process.send_signal(sig)
+                _out, err = process.communicate(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     finally:
         release.set()
-        server.shutdown()
-        server.server_close()
+    return process.returncode, err, cache
+
+
+def test_ctrl_c_during_a_download_leaves_nothing_behind(tmp_path: Path, repo_root: Path) -> None:
+    import signal
+
+    returncode, err, cache = fetch_stopped_mid_download(tmp_path, repo_root, signal.SIGINT)
+    assert returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (cache / "a.bin").exists()
+    assert leftovers(cache) == []
 
 
 # --- servers that misbehave ------------------------------------------------------------------
@@ -638,30 +645,9 @@ def test_a_second_fetch_on_the_same_cache_is_refused_and_deletes_nothing(applian
 
 def test_sigterm_during_a_download_cleans_up_like_ctrl_c(tmp_path: Path, repo_root: Path) -> None:
     import signal
-    import subprocess
-    import sys
 
-    release = threading.Event()
-    handler = type("Handler", (_StallingHandler,), {"release": release})
-    try:
-        with serving(handler) as base:
-            config = write_workshop(tmp_path, [{"name": "a.bin", "urls": [f"{base}/a.bin"], "hash": f"sha256:{SHA256}"}])
-            cache = tmp_path / "cache"
-            process = subprocess.Popen(
-                [sys.executable, "-m", "appliance", "fetch", "--config", str(config), "--cache", str(cache)],
-                cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)},
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-            deadline = time.monotonic() + 30
-            while not (cache.is_dir() and any(p.stat().st_size > 0 for p in cache.glob(".*.part"))):
-                assert time.monotonic() < deadline, "the download never started"
-                time.sleep(0.05)
-            process.terminate()  # SIGTERM
-            _out, err = process.communicate(timeout=30)
-            release.set()
-    finally:
-        release.set()
-    assert process.returncode == 128 + signal.SIGTERM, err
+    returncode, err, cache = fetch_stopped_mid_download(tmp_path, repo_root, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "appliance: stopped (SIGTERM); nothing half-written was kept"
     assert "Traceback" not in err
     assert not (cache / "a.bin").exists()

@@ -179,6 +179,49 @@ def test_build_reports_missing_installers(appliance_cli, tmp_path, small_ova):
     assert not (tmp_path / "image" / "virtualbox").exists()
 
 
+# --- build: symbolic links in what the drive carries from the checkout --------------------------
+
+def test_a_link_inside_the_repository_puts_its_content_on_the_drive(appliance_cli, checkout, small_ova, tmp_path):
+    (checkout / "shared").mkdir()
+    (checkout / "shared" / "table.csv").write_text("a,b\n1,2\n")
+    (checkout / "notebooks" / "table.csv").symlink_to("../shared/table.csv")
+    (checkout / "notebooks" / "shared").symlink_to("../shared", target_is_directory=True)
+    out = tmp_path / "image"
+    result = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 0, result.stderr
+    for copied in (out / "local-mode/notebooks/table.csv", out / "local-mode/notebooks/shared/table.csv"):
+        assert not copied.is_symlink() and copied.read_text() == "a,b\n1,2\n"  # FAT holds no links
+
+
+@pytest.mark.parametrize("link", ["file-outside", "folder-outside", "deep-outside", "broken", "loop", "tree-outside"])
+def test_build_refuses_a_link_leading_out_of_the_repository(appliance_cli, checkout, small_ova, tmp_path, link):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "id_ed25519").write_text("PRIVATE KEY of the build machine\n")
+    notebooks = checkout / "notebooks"
+    named = {
+        "file-outside": (notebooks / "data.csv", elsewhere / "id_ed25519"),
+        "folder-outside": (notebooks / "data", elsewhere),
+        "deep-outside": (notebooks / "data", Path("../../elsewhere")),        # relative, via ..
+        "broken": (notebooks / "data.csv", Path("missing.csv")),
+        "loop": (notebooks / "part" / "again", Path("..")),                  # notebooks/part/again -> notebooks
+        "tree-outside": (checkout / "local", elsewhere),                      # a whole folder the drive carries
+    }
+    where, target = named[link]
+    if link == "tree-outside":
+        shutil.rmtree(where)
+    where.parent.mkdir(exist_ok=True)
+    where.symlink_to(target)
+    out = tmp_path / "image"
+    result = build(appliance_cli, checkout, small_ova, out, "--drive-size", "64M")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"appliance: error: {where}: a symbolic link"), result.stderr
+    if link.endswith("outside"):
+        assert "outside the repository" in result.stderr and "remove the link" in result.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".image")]
+
+
 def test_fat32_refuses_a_file_of_4_gib(appliance_cli, checkout, tmp_path):
     big = tmp_path / "test-workshop-1.2.ova"
     with big.open("wb") as handle:  # sparse: nothing is written

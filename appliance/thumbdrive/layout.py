@@ -50,6 +50,29 @@ class OutFolderError(ApplianceError):
     exit_code = 2
 
 
+class LinkOutError(ApplianceError):
+    """A symbolic link in what the drive carries from the checkout leads out of the repository."""
+
+    exit_code = 2
+
+
+def follow_link(link: Path, inside: Path) -> Path:
+    """Where a symbolic link in the checkout leads, when that stays inside the repository.
+
+    The drive carries what a link points to (FAT and exFAT hold no links), so a link out of the
+    repository would put a file of the build machine (a key, someone's home folder) on every
+    drive: refused, like a broken or looping link."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise LinkOutError(f"{link}: a symbolic link that leads nowhere (broken or a loop); "
+                           "remove it or replace it with the file itself") from None
+    if not target.is_relative_to(inside):
+        raise LinkOutError(f"{link}: a symbolic link to {target}, outside the repository {inside}; the drive would "
+                           "carry that file: copy what the workshop needs into the repository, or remove the link")
+    return target
+
+
 @dataclass(frozen=True)
 class Entry:
     path: str                      # posix path inside the image
@@ -67,14 +90,29 @@ class Plan:
     def add_file(self, path: str, source: Path) -> None:
         self.entries.append(Entry(path, source.stat().st_size, source=source))
 
-    def add_tree(self, prefix: str, source: Path) -> None:
-        for root, dirs, files in os.walk(source):
+    def add_tree(self, prefix: str, source: Path, inside: Path) -> None:
+        """Every file below source (the content of links that stay inside `inside`, the
+        repository); LinkOutError for a link that leaves it or loops."""
+        if source.is_symlink():
+            follow_link(source, inside)
+        # real folders on the way down from source: a folder link back into one of them loops
+        above: dict[Path, frozenset[Path]] = {source: frozenset({source.resolve()})}
+        for walked, dirs, files in os.walk(source, followlinks=True):
+            root = Path(walked)
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_NAMES and not d.startswith("."))
+            for name in dirs:
+                full = root / name
+                real = follow_link(full, inside) if full.is_symlink() else full.resolve()
+                if real in above[root]:
+                    raise LinkOutError(f"{full}: a symbolic link back to {real}, a folder it is in (a loop); "
+                                       "remove it")
+                above[full] = above[root] | {real}
             for name in sorted(files):
                 if name in _SKIP_NAMES or name.startswith(".") or name.endswith((".pyc", ".partial")):
                     continue
-                full = Path(root) / name
-                self.add_file(str(PurePosixPath(prefix, full.relative_to(source).as_posix())), full)
+                full = root / name
+                copied = follow_link(full, inside) if full.is_symlink() else full
+                self.add_file(str(PurePosixPath(prefix, full.relative_to(source).as_posix())), copied)
 
     def add_content(self, path: str, content: bytes) -> None:
         self.entries.append(Entry(path, len(content), content=content))
@@ -140,12 +178,15 @@ def plan_image(loaded: LoadedConfig, ova: Path) -> Plan:
         plan.add_file(f"virtualbox/{asset.name}", found)
         installers[asset.platform or asset.name] = asset.name
 
+    inside = root.resolve()
     for name in ("workshop.yml", loaded.workshop.assets.manifest, "pyproject.toml"):
         if (root / name).is_file():
+            if (root / name).is_symlink():
+                follow_link(root / name, inside)
             plan.add_file(f"local-mode/{name}", root / name)
     for folder in ("appliance", "local", "requirements", loaded.workshop.jupyter.root):
         if (root / folder).is_dir():
-            plan.add_tree(f"local-mode/{folder}", root / folder)
+            plan.add_tree(f"local-mode/{folder}", root / folder, inside)
         else:
             plan.missing.append(f"local-mode/{folder}/ (not in the checkout)")
     for asset in loaded.included_assets():

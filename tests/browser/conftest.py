@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +28,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "notebooks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_assets  # noqa: E402
 from labkit import CHROMIUM, SCREENSHOTS, chromium  # noqa: E402
-
-# Any attempt to reach an index goes to a closed port and fails at once.
-NO_NETWORK = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1",
-              **{name: "http://127.0.0.1:9" for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}}
+from test_local_mode import NO_NETWORK, clean_env, copy_repo  # noqa: E402  (local mode's own setup, shared)
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
@@ -41,25 +37,6 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_sep("-", "browser tier screenshots")
         for path in shots:
             terminalreporter.write_line(str(path))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PIP_", "UV_", "VIRTUAL_ENV", "KERAS_", "JUPYTER_")) and k != "PYTHONPATH"}
-    env["PATH"] = f"{env.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}"  # uv from the test venv
-    env.update(extra)
-    return env
-
-
-def copy_repo(dest: Path) -> Path:
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=REPO_ROOT, capture_output=True, check=True).stdout.decode()
-    for name in filter(None, listing.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    return dest
 
 
 def set_quick(notebook: Path) -> None:
