@@ -343,7 +343,18 @@ def boot(disk: Path, config: LoadedConfig, key: Path, user: str, log: Callable[[
     pidfile = pidfile_path(config)
     monitor = state / "monitor.sock"
     pidfile.unlink(missing_ok=True)
-    pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)
+    try:
+        pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)
+    except ApplianceError as exc:
+        if accelerator != "kvm":
+            raise
+        # The probe's tiny guest ran, but qemu refuses this guest's CPU under KVM (e.g. "failed to
+        # set MSR" with -cpu host on a nested host): TCG still boots it.
+        log(f"qemu: KVM could not start the guest ({str(exc).splitlines()[-1][:160]}); using TCG from now on "
+            f"on this host (remembered in {memo}; delete it to probe again)")
+        remember_kvm(memo, False)
+        accelerator = "tcg"
+        pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)
     if accelerator == "kvm" and not _console_speaks(console_log, pid, KVM_FIRST_OUTPUT_SECONDS):
         # Real-mode code runs but the kernel never prints: KVM without nested virtualization.
         log(f"qemu: KVM did not boot the guest within {KVM_FIRST_OUTPUT_SECONDS} s; using TCG from now on "
