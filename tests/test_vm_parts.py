@@ -204,3 +204,39 @@ def test_export_labels_the_os_the_build_recorded(repo_root, tmp_path):
     with tarfile.open(ova_path) as tar:
         ovf = next(tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".ovf"))
     assert "Debian_64" in ovf and "Fedora_64" not in ovf
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("extlinux") is None, reason="needs root and extlinux")
+def test_disk_writer_puts_the_root_in_a_bootable_partition(tmp_path):
+    from appliance.vm.image import MBR_BIN, tree_bytes, write_disk
+
+    root = tmp_path / "root"
+    (root / "boot" / "extlinux").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "hostname").write_text("workshop\n")
+    raw = tmp_path / "disk.raw"
+    write_disk(root, raw, 1, "0d6c4c9e-3c47-4a59-9d0a-2a1b1f6f3d11")
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True).stdout)
+    [partition] = table["partitiontable"]["partitions"]
+    assert partition["start"] == 2048 and partition.get("bootable")
+    assert raw.read_bytes()[:440] == MBR_BIN.read_bytes()[:440]
+    # The file system is read from outside at the partition's offset, as a BIOS would find it.
+    part = tmp_path / "part.img"
+    subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=1M", "skip=1", "conv=sparse", "status=none"], check=True)
+    shown = subprocess.run(["debugfs", "-R", "cat /etc/hostname", str(part)], capture_output=True, text=True)
+    assert shown.stdout == "workshop\n"
+    uuid = subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(part)], capture_output=True, text=True).stdout
+    assert uuid.strip() == "0d6c4c9e-3c47-4a59-9d0a-2a1b1f6f3d11"
+    listed = subprocess.run(["debugfs", "-R", "ls /boot/extlinux", str(part)], capture_output=True, text=True).stdout
+    assert "ldlinux.sys" in listed
+    assert tree_bytes(root) > 0
+
+
+def test_a_disk_write_that_cannot_fit_is_refused_first(tmp_path):
+    from appliance.errors import ApplianceError
+    from appliance.vm.image import require_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    require_free_space(tmp_path, free // 2, "writing the disk image")
+    with pytest.raises(ApplianceError, match=r"writing the disk image needs about .* GB free under .*; free some space"):
+        require_free_space(tmp_path, free * 2, "writing the disk image")

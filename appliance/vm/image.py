@@ -179,14 +179,21 @@ def write_disk(root: Path, raw: Path, disk_gb: int, uuid: str) -> None:
     _run(["sfdisk", "--quiet", str(raw)], input=f"label: dos\nstart={PARTITION_START_SECTOR}, type=83, bootable\n")
     start = PARTITION_START_SECTOR * 512
     size = disk_gb * 1024**3 - start
-    # A loop device over the partition alone: partition nodes (losetup -P) need udev,
-    # which containers and CI runners often lack.
+    # mkfs writes the file system straight into the image file at the partition's offset:
+    # gigabytes through a loop device turn a full disk into an "Input/output error".
+    # extlinux does not read ext4's 64bit layout; a 20 GB root does not need it.
+    try:
+        _run(["mkfs.ext4", "-q", "-O", "^64bit", "-L", "root", "-U", uuid, "-E", f"offset={start}",
+              "-d", str(root), str(raw), f"{size // 1024}k"])
+    except ApplianceError as exc:
+        free_gb = shutil.disk_usage(raw.parent).free / 1024**3
+        raise ApplianceError(f"{exc} ({free_gb:.1f} GB free under {raw.parent})") from None
+    # A loop device over the partition alone, only for extlinux: partition nodes
+    # (losetup -P) need udev, which containers and CI runners often lack.
     loop = _run(["losetup", "--find", "--show", f"--offset={start}", f"--sizelimit={size}", str(raw)]).strip()
     mountpoint = raw.parent / f"{raw.stem}-mnt"
     mountpoint.mkdir(exist_ok=True)
     try:
-        # extlinux does not read ext4's 64bit layout; a 20 GB root does not need it.
-        _run(["mkfs.ext4", "-q", "-O", "^64bit", "-L", "root", "-U", uuid, "-d", str(root), loop])
         _run(["mount", loop, str(mountpoint)])
         try:
             _run(["extlinux", "--install", str(mountpoint / "boot" / "extlinux")])
@@ -197,6 +204,21 @@ def write_disk(root: Path, raw: Path, disk_gb: int, uuid: str) -> None:
     finally:
         _run(["losetup", "--detach", loop])
         mountpoint.rmdir()
+
+
+def require_free_space(folder: Path, needed_bytes: int, what: str) -> None:
+    """Refuse before a long write that cannot fit, rather than fail in the middle of it."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise ApplianceError(
+            f"{what} needs about {needed_bytes / 1024**3:.1f} GB free under {folder}, "
+            f"which has {free / 1024**3:.1f} GB; free some space there and run it again"
+        )
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes a folder's files take (du's count: hard links once, sparse files as stored)."""
+    return int(_run(["du", "-s", "--block-size=1", str(root)]).split()[0])
 
 
 def ensure_base_image(vm_cache: Path, disk_gb: int, log: Callable[[str], None] = print) -> BaseImage:

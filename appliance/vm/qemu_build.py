@@ -26,7 +26,8 @@ from appliance.vm import qemu
 from appliance.vm.cachepaths import build_record_path, jupyter_token_path, vm_cache, workshop_state
 from appliance.vm.chroot import chroot_session, mounted_disk
 from appliance.vm.image import (
-    SUITE, USER, build_key_path, ensure_rootfs_tarball, require_root_tools, unpack_root, write_disk,
+    SUITE, USER, build_key_path, ensure_rootfs_tarball, require_free_space, require_root_tools, tree_bytes, unpack_root,
+    write_disk,
 )
 from appliance.vm.playbook import (
     FINALIZE_PLAYBOOK, PLAYBOOK, ChrootConnection, Connection, PlaybookReport, run_playbook,
@@ -227,7 +228,12 @@ def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str
             report = run_playbook(ChrootConnection(root), config, log)
         started = time.monotonic()
         raw = work / "disk.raw"
+        # The raw disk holds the root's files once more, and so does the qcow2 made from it
+        # (the root folder goes first); a tenth more for the file system's own blocks.
+        require_free_space(work, int(tree_bytes(root) * 1.1), "writing the disk image")
         write_disk(root, raw, config.workshop.vm.disk_gb, uuid)
+        _unmount_below(root)  # rmtree would follow a bind mount left there into the host's /dev
+        shutil.rmtree(root)
         partial.unlink(missing_ok=True)
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)], check=True)
         write_seconds = time.monotonic() - started
