@@ -121,8 +121,11 @@ def drive_image(base: Path, wheelhouse: Path) -> Iterator[tuple[Path, Path, str]
 
 @pytest.fixture(scope="module")
 def drive(tmp_path_factory, wheelhouse: Path):
-    with drive_image(tmp_path_factory.mktemp("drive"), wheelhouse) as made:
+    base = tmp_path_factory.mktemp("drive")
+    with drive_image(base, wheelhouse) as made:
         yield made
+    # The drive image and the participant's environment: 3 GB of a disk CI shares.
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def participant_env(base: Path) -> dict[str, str]:

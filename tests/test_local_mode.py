@@ -65,13 +65,15 @@ def run_setup(repo: Path, *args: str, env: dict[str, str], timeout: float = 1800
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def local_repo(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Path:
+@pytest.fixture(scope="module")
+def local_repo(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Path]:
     """A copy of the repository set up with pip (the participants' usual installer) offline."""
     repo = copy_repo(tmp_path_factory.mktemp("local-mode") / "repo")
     result = run_setup(repo, "--offline", str(wheelhouse), env=clean_env(WORKSHOP_INSTALLER="pip", **NO_NETWORK))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return repo
+    yield repo
+    # 2 GB, and CI's disk is shared with the VM tier that comes later
+    shutil.rmtree(repo / "env", ignore_errors=True)
 
 
 def port_is_free(port: int) -> bool:

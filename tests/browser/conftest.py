@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def _wait_for_line(log: Path, pattern: str, process: subprocess.Popen, timeout: 
     raise AssertionError(f"no {pattern!r} in {log}:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workshop(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iterator[Workshop]:
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (bin/install-test-deps installs Debian's chromium)")
@@ -114,15 +115,17 @@ def workshop(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Iter
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        # The environment is 2 GB and CI's disk is shared: only the logs and screenshots stay.
+        shutil.rmtree(repo / "env", ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     with chromium() as browser:
         yield browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(browser, workshop: Workshop):
     """One logged-in page (the session cookie from the login form), every request recorded."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
