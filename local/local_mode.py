@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE))  # -I leaves this folder off the path; appended, so it shadows nothing
@@ -45,6 +45,9 @@ SCRIPTS = {"setup": "setup.bash", "jupyter": "run-jupyter.bash", "tensorboard": 
            "update": "workshop-update.bash"}
 
 
+Say = Callable[[str], None]
+
+
 class Stop(Exception):
     """One line for the user, then this exit status (2: something to fix)."""
 
@@ -53,7 +56,7 @@ class Stop(Exception):
         self.status = status
 
 
-def voice(prog: str):
+def voice(prog: str) -> Say:
     def say(message: str) -> None:
         print(f"{prog}: {message}", file=sys.stderr, flush=True)
     return say
@@ -160,7 +163,7 @@ def link_appliance() -> None:
     (Path(site) / "workshop-appliance.pth").write_text(f"{REPO}\n", encoding="utf-8")
 
 
-def build(wheels: Path | None, uv: str | None, say) -> None:
+def build(wheels: Path | None, uv: str | None, say: Say) -> None:
     """The lock, the link to this checkout, keras.json and the kernel into the venv; the stamp last."""
     log = ENV / "setup.log"
     count = workshop_env.locked_count(LOCK)
@@ -183,7 +186,7 @@ def build(wheels: Path | None, uv: str | None, say) -> None:
     workshop_env.write_stamp(ENV, wanted_stamp(env_version()))
 
 
-def place_assets(notebooks: str, say) -> None:
+def place_assets(notebooks: str, say: Say) -> None:
     if not CACHE.is_dir() or not any(p.is_file() and not p.name.startswith(".") for p in CACHE.iterdir()):
         say("no downloaded assets in cache/ (run 'bin/appliance fetch' with internet); notebooks that need data will say so")
         return
@@ -218,7 +221,7 @@ def setup(offline: Path | None = None, python_arg: str | None = None) -> None:
     say("done. Start Jupyter with: local/run-jupyter.bash")
 
 
-def ensure_env(say) -> dict:
+def ensure_env(say: Say) -> dict:
     """The env as setup leaves it (setup runs first when it is missing or out of date); the settings."""
     if not workshop_env.is_current(ENV, wanted_stamp(env_version())):
         say("the workshop environment is missing or out of date; running local/setup.bash")
@@ -233,7 +236,7 @@ def runtime_env(config: dict) -> dict[str, str]:
 
 # --- jupyter, tensorboard, update ---------------------------------------------------------------
 
-def jupyter(port: int | None, browser: bool, say) -> int:
+def jupyter(port: int | None, browser: bool, say: Say) -> int:
     config = ensure_env(say)
     token = "" if config["password_hash"] else secrets.token_hex(24)
     lab = workshop_jupyter.Lab(env=ENV, notebooks=Path(config["notebooks"]), log=ENV / "jupyter.log", token=token,
@@ -247,7 +250,7 @@ def jupyter(port: int | None, browser: bool, say) -> int:
     return workshop_jupyter.serve(lab, say, ready, browser)
 
 
-def tensorboard(port: int | None, logdir: Path | None, say) -> NoReturn:
+def tensorboard(port: int | None, logdir: Path | None, say: Say) -> NoReturn:
     config = ensure_env(say)
     port = workshop_jupyter.choose_port(port, config["tensorboard_port"])
     logdir = logdir or Path(config["notebooks"]) / "logs"
@@ -260,7 +263,7 @@ def tensorboard(port: int | None, logdir: Path | None, say) -> NoReturn:
     os.execve(command[0], command, environ)
 
 
-def update(source: str | None, branch: str | None, verbose: bool, say) -> NoReturn:
+def update(source: str | None, branch: str | None, verbose: bool, say: Say) -> NoReturn:
     config = ensure_env(say)
     source = source or config["updates_url"]
     if not source:

@@ -107,7 +107,9 @@ def port_free(port: int) -> bool:
 def choose_port(requested: int | None, default: int) -> int:
     """The port asked for (it must be free), or the first free one from the default up."""
     if requested is not None:
-        if not 0 < requested < 65536 or not port_free(requested):
+        if not 0 < requested < 65536:
+            raise Refused(f"--port {requested}: give a port number from 1 to 65535")
+        if not port_free(requested):
             raise Refused(f"port {requested} is in use; pass another --port")
         return requested
     for port in range(default, default + PORTS_TRIED):
@@ -201,8 +203,10 @@ def serve(lab: Lab, say: Callable[[str], None], ready: Callable[[Lab], None], br
     command = [str(env_python(lab.env)), "-I", "-m", "jupyterlab", f"--config={config_file}"]
     say(f"starting JupyterLab for {lab.notebooks} (its log: {lab.log})")
     started: list[subprocess.Popen] = []
+    signals: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        signals.append(signum)
         for process in started:
             if process.poll() is not None:
                 continue
@@ -219,6 +223,8 @@ def serve(lab: Lab, say: Callable[[str], None], ready: Callable[[Lab], None], br
                                        stdin=subprocess.DEVNULL, cwd=lab.notebooks)
         started.append(process)
         if not wait_until_up(lab, process):
+            if signals:  # Ctrl-C while it started: stopped as asked
+                return process.returncode or 0
             say(f"JupyterLab did not start; the end of {lab.log} says why:")
             sys.stderr.write("".join(lab.log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:]))
             return 1

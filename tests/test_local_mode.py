@@ -259,6 +259,10 @@ def test_jupyter_refuses_a_busy_port_in_one_line(local_repo: Path):
                                 cwd="/", env=clean_env(**NO_NETWORK), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [f"run-jupyter.bash: port {port} is in use; pass another --port"]
+    result = subprocess.run(["bash", str(local_repo / "local" / "run-jupyter.bash"), "--port", "70000"],
+                            cwd="/", env=clean_env(**NO_NETWORK), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["run-jupyter.bash: --port 70000: give a port number from 1 to 65535"]
 
 
 def test_tensorboard_answers_and_stops(local_repo: Path, start):
