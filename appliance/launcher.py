@@ -8,35 +8,43 @@ drive's CPython, and run this file with it:
 
 Standard library only, run isolated (-I: nothing of its folder, PYTHONPATH or user site shadows
 a standard module): it runs before the workshop environment exists, with no appliance venv.
-It builds H/env from the drive's wheels (uv, --no-index --require-hashes), copies the notebooks
-(never over a participant's own copy) and places the assets in H, installs the workshop kernel
-and the lab settings into H/env with local mode's own local/workshop_jupyter.py from the drive
-(the one kernel, quiet, no news: the same first hour as local mode), then serves JupyterLab on
-127.0.0.1 with a token kept in a 0600 file and passed through the environment, never argv.
-A second start finds everything in place and only starts JupyterLab. The first start also
-leaves H/start-workshop.sh, .command or .cmd (this file and the drive's settings copied to H),
-so later starts need neither the drive nor uv: the drive goes on to the next participant.
+The work is local mode's own code from the drive's local/ (so the Linux path a checkout tests
+is the code Windows and macOS run): local/workshop_env.py builds H/env from the drive's wheels
+(uv, --no-index --require-hashes, the installer's output in H/env/setup.log), and
+local/workshop_jupyter.py installs the workshop kernel and the lab settings into it (the one
+kernel, quiet, no news) and serves JupyterLab on 127.0.0.1 with a token kept in a 0600 file and
+passed through the environment, never argv. This file adds what only the drive needs: the
+notebooks copied (never over a participant's own copy) and the assets placed in H from the
+drive's list. A second start finds everything in place and only starts JupyterLab. The first
+start also leaves H/start-workshop.sh, .command or .cmd (this file, local/'s two modules and the
+drive's settings copied to H), so later starts need neither the drive nor uv: the drive goes on
+to the next participant.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import platform
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import webbrowser
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+# local/ beside appliance/ on the drive; H/local/ next to the copy a first start leaves in H
+SHARED = next((d for d in (HERE / "local", HERE.parent / "local") if (d / "workshop_env.py").is_file()), HERE / "local")
+sys.path.append(str(SHARED))  # -I leaves it off the path; appended, so it shadows no standard module
+try:
+    import workshop_env
+    import workshop_jupyter
+except ImportError as missing:  # a half-copied drive or home folder
+    print(f"workshop: {SHARED / ((missing.name or 'workshop_env') + '.py')} is missing; copy the drive again", file=sys.stderr)
+    sys.exit(2)
+
 DRIVE_JSON = "local-mode/drive.json"
-STAMP = ".workshop-env.json"
+SHARED_MODULES = ("workshop_env.py", "workshop_jupyter.py")
 WINDOWS = sys.platform == "win32"
 
 
@@ -55,51 +63,31 @@ def read_drive(drive: Path) -> dict:
         raise LaunchError(f"{drive / DRIVE_JSON}: cannot read it ({exc}); is --drive the top folder of the workshop drive?") from None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def env_python(env: Path) -> Path:
-    return env / ("Scripts/python.exe" if WINDOWS else "bin/python")
-
-
 def keras_home(home: Path) -> Path:
     return home / "keras"
+
+
+def say_error(message: str) -> None:
+    print(f"workshop: {message}", file=sys.stderr, flush=True)
 
 
 def ensure_env(drive: Path, home: Path, uv: Path, info: dict) -> Path:
     """H/env with the lock installed, built once: the stamp names the lock and this Python."""
     env = home / "env"
-    wanted = {"lock_sha256": info["lock_sha256"], "python": sys.version}
-    stamp = env / STAMP
-    try:
-        if json.loads(stamp.read_text(encoding="utf-8")) == wanted and env_python(env).exists():
-            return env
-    except (OSError, ValueError):
-        pass
-    if env.exists():
-        if not (env / "pyvenv.cfg").is_file():
-            raise LaunchError(f"{env} exists but is not a Python environment this launcher made; move it away and start again")
+    wanted = workshop_env.stamp(info["lock_sha256"], platform.python_version())
+    if workshop_env.is_current(env, wanted):
+        return env
+    if (env / "pyvenv.cfg").is_file():
         say(f"the workshop environment in {env} is out of date; building it again")
-        shutil.rmtree(env)
     say(f"building the workshop environment in {env} from the drive (a few minutes, once)")
-    base = [str(uv), "--no-config", "--offline"]
-    run([*base, "venv", "--quiet", "--python", sys.executable, str(env)])
-    run([*base, "pip", "sync", "--python", str(env_python(env)), "--no-index", "--find-links",
-         str(drive / info["wheels"]), "--require-hashes", str(drive / info["lock"])])
-    stamp.write_text(json.dumps(wanted), encoding="utf-8")
+    failed = "copy the drive again, or ask the organizers"
+    try:
+        workshop_env.make_venv(env, sys.executable, str(uv), offline=True)
+        workshop_env.install_lock(env, drive / info["lock"], drive / info["wheels"], str(uv), env / "setup.log")
+    except workshop_env.InstallFailed as exc:
+        raise LaunchError(f"{exc}; {failed}") from None
+    workshop_env.write_stamp(env, wanted)
     return env
-
-
-def run(command: list[str]) -> None:
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise LaunchError(f"'{Path(command[0]).name} {' '.join(command[1:3])}' failed (see above); "
-                          "copy the drive again, or ask the organizers")
 
 
 def copy_new(source: Path, target: Path) -> None:
@@ -122,22 +110,15 @@ def place_files(drive: Path, home: Path, info: dict) -> None:
         target = (keras_home(home) if root == "keras" else home / "notebooks") / rest
         if not target.is_file() or target.stat().st_size != asset["size"]:
             copy_new(drive / asset["file"], target)
-    keras_json = keras_home(home) / "keras.json"
-    keras_json.parent.mkdir(parents=True, exist_ok=True)
-    keras_json.write_text(json.dumps({"backend": info["keras_backend"], "floatx": "float32", "epsilon": 1e-07,
-                                      "image_data_format": "channels_last"}) + "\n", encoding="utf-8")
+    workshop_env.write_keras_json(keras_home(home), info["keras_backend"])
 
 
-def install_jupyter_settings(drive: Path, home: Path, env: Path, info: dict) -> None:
+def install_jupyter_settings(home: Path, env: Path, info: dict) -> None:
     """The `workshop` kernel (its environment from local/jupyter/kernel-env.json) and the server
     and lab settings, written into the env by the drive's local/workshop_jupyter.py: local
     mode's code and files, not a copy here. Done at every start from the drive (a fraction of a
     second), so a new drive's settings reach an env built by an older one."""
-    script = drive / info["jupyter_settings"]
-    if not script.is_file():
-        raise LaunchError(f"{script} is missing on the drive; copy the drive again, or ask the organizers")
-    run([str(env_python(env)), "-I", str(script), "install", "--keras-backend", info["keras_backend"],
-         "--keras-home", str(keras_home(home))])
+    workshop_jupyter.install_kernel(env, info["keras_backend"], keras_home(home))
 
 
 def token_of(home: Path) -> str:
@@ -151,74 +132,24 @@ def token_of(home: Path) -> str:
     partial = home / ".jupyter-token.partial"
     if partial.exists():
         partial.unlink()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
+    workshop_jupyter.write_private(partial, token + "\n")
     os.replace(partial, path)
     return token
 
 
-def free_port(preferred: int) -> int:
-    for port in range(preferred, preferred + 20):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise LaunchError(f"ports {preferred}-{preferred + 19} are all in use; close another Jupyter and start again")
-
-
-def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LaunchError(f"JupyterLab stopped at once (exit status {process.returncode}); see its messages above")
-        try:
-            with urllib.request.urlopen(f"{url}api", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise LaunchError(f"JupyterLab did not answer at {url} within {timeout:.0f} s")
-
-
-def open_browser(home: Path, url: str, token: str) -> None:
-    """Open the URL through a 0600 redirect file, as Jupyter does: the token is in no command line."""
-    page = home / "open-jupyter.html"
-    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f'<!DOCTYPE html><meta http-equiv="refresh" content="0; url={url}lab?token={token}">'
-                     f'<a href="{url}lab?token={token}">Open JupyterLab</a>\n')
-    webbrowser.open(page.as_uri())
-
-
 def start_jupyter(home: Path, env: Path, info: dict, port: int | None, browser: bool) -> int:
-    token = token_of(home)
-    port = free_port(port or info["jupyter_port"])
-    url = f"http://127.0.0.1:{port}/"
-    environment = dict(os.environ, JUPYTER_TOKEN=token, KERAS_HOME=str(keras_home(home)),
-                       KERAS_BACKEND=info["keras_backend"], JUPYTER_PLATFORM_DIRS="1")
-    command = [str(env_python(env)), "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={home / 'notebooks'}"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        command.append("--ServerApp.allow_root=True")  # a root shell (a container, a test) is the user's choice
-    process = subprocess.Popen(command, env=environment)
-    try:
-        wait_ready(process, url)
-        (home / "jupyter-url").write_text(url + "\n", encoding="utf-8")
-        say(f"JupyterLab is ready at {url}lab (token: in {home / 'jupyter-token'}); close this window or press Ctrl-C to stop")
-        if browser:
-            open_browser(home, url, token)
-        return process.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    """Local mode's own JupyterLab start, with this laptop's token and the drive's settings."""
+    lab = workshop_jupyter.Lab(
+        env=env, notebooks=home / "notebooks", log=home / "jupyter.log", token=token_of(home),
+        port=workshop_jupyter.choose_port(port, info["jupyter_port"]),
+        environ={"KERAS_HOME": str(keras_home(home)), "KERAS_BACKEND": info["keras_backend"], "JUPYTER_PLATFORM_DIRS": "1"})
+
+    def ready(lab: workshop_jupyter.Lab) -> None:
+        (home / "jupyter-url").write_text(f"{lab.base}/\n", encoding="utf-8")
+        say(f"JupyterLab is ready at {lab.base}/lab (token: in {home / 'jupyter-token'}); "
+            "close this window or press Ctrl-C to stop")
+
+    return workshop_jupyter.serve(lab, say, ready, browser)
 
 
 HOME_SH = """#!/bin/sh
@@ -235,8 +166,11 @@ if errorlevel 1 pause\r
 
 
 def keep_at_home(drive: Path, home: Path) -> None:
-    """This file, the drive's settings and a start file in H: later starts work without the drive."""
+    """This file, the code it runs, the drive's settings and a start file in H: later starts
+    work without the drive."""
     copy_new(Path(__file__), home / "launcher.py")
+    for name in SHARED_MODULES:
+        copy_new(SHARED / name, home / "local" / name)
     copy_new(drive / DRIVE_JSON, home / "drive.json")
     names = ["start-workshop.cmd"] if WINDOWS else ["start-workshop.sh", "start-workshop.command"]
     for name in names:
@@ -252,7 +186,7 @@ def from_home(home: Path) -> tuple[dict, Path]:
     except (OSError, ValueError):
         raise LaunchError(f"{home} holds no workshop yet; start it once from the drive") from None
     env = home / "env"
-    if not (env / STAMP).is_file() or not env_python(env).exists():
+    if not (env / workshop_env.STAMP).is_file() or not workshop_env.env_python(env).exists():
         raise LaunchError(f"{env} is not complete; start the workshop once more from the drive")
     return info, env
 
@@ -277,14 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             home.mkdir(parents=True, exist_ok=True)
             env = ensure_env(drive, home, args.uv, info)
             place_files(drive, home, info)
-            install_jupyter_settings(drive, home, env, info)
+            install_jupyter_settings(home, env, info)
             keep_at_home(drive, home)
         return start_jupyter(home, env, info, args.port, not args.no_browser)
-    except LaunchError as exc:
-        print(f"workshop: {exc}", file=sys.stderr)
+    except (LaunchError, workshop_env.Refused) as exc:
+        say_error(str(exc))
         return 2
     except OSError as exc:
-        print(f"workshop: {exc.strerror or exc} ({exc.filename}); check the free space in your home folder", file=sys.stderr)
+        say_error(f"{exc.strerror or exc} ({exc.filename}); check the free space in your home folder")
         return 2
 
 

@@ -4,28 +4,12 @@
 #   local/run-tensorboard.bash [--port N] [--logdir DIR]
 #
 # The log folder is notebooks/logs (or $WORKSHOP_LOGDIR); the port is workshop.yml's
-# ports.tensorboard (6006) or the next free one. Ctrl-C stops it.
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
-
-usage="usage: local/run-tensorboard.bash [--port N] [--logdir DIR]"
-port=""
-logdir="${WORKSHOP_LOGDIR:-}"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --port) [ $# -ge 2 ] || die "$usage"; port="$2"; shift 2 ;;
-        --logdir) [ $# -ge 2 ] || die "$usage"; logdir="$2"; shift 2 ;;
-        -h|--help) echo "$usage"; exit 0 ;;
-        *) die "unknown option '$1'; $usage" ;;
-    esac
+# ports.tensorboard (6006) or the next free one. Ctrl-C stops it. The work is in local/local_mode.py.
+for python in python3.13 python3.12 python3.11 python3 python; do
+    # the first that runs (a pyenv shim may not) and can run the module (3.8 or later)
+    if "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
+        exec "$python" -I "$(dirname "${BASH_SOURCE[0]}")/local_mode.py" tensorboard "$@"
+    fi
 done
-
-ensure_env
-workshop_runtime_env
-port="$(choose_port "$port" "$cfg_tensorboard_port")"
-logdir="${logdir:-$cfg_notebooks_dir/logs}"
-mkdir -p "$logdir"
-
-say "TensorBoard for $logdir"
-say "open http://127.0.0.1:$port/ ; Ctrl-C stops it"
-exec "$WORKSHOP_ENV/bin/tensorboard" --logdir "$logdir" --host 127.0.0.1 --port "$port"
+echo "run-tensorboard.bash: no Python 3 on PATH; run local/setup.bash first" >&2
+exit 2

@@ -6,29 +6,12 @@
 #
 # Notebooks you edited stay as they are; where the organizer changed one of them too, their
 # version lands beside yours as <name>-updated.ipynb. New notebooks arrive. Running it again
-# changes nothing. The work is in appliance/update.py (nbgitpuller's merge).
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
-
-usage="usage: local/workshop-update.bash [--from GIT_URL_OR_FOLDER] [--branch NAME] [--verbose]"
-source_arg=""
-branch_arg=""
-extra=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --from) [ $# -ge 2 ] || die "$usage"; source_arg="$2"; shift 2 ;;
-        --branch) [ $# -ge 2 ] || die "$usage"; branch_arg="$2"; shift 2 ;;
-        --verbose) extra+=(--verbose); shift ;;
-        -h|--help) echo "$usage"; exit 0 ;;
-        *) echo "workshop-update.bash: unknown option '$1'; $usage" >&2; exit 2 ;;
-    esac
+# changes nothing. The work is in appliance/update.py (nbgitpuller's merge), started by local/local_mode.py.
+for python in python3.13 python3.12 python3.11 python3 python; do
+    # the first that runs (a pyenv shim may not) and can run the module (3.8 or later)
+    if "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
+        exec "$python" -I "$(dirname "${BASH_SOURCE[0]}")/local_mode.py" update "$@"
+    fi
 done
-
-ensure_env
-source_arg="${source_arg:-$cfg_updates_url}"
-if [ -z "$source_arg" ]; then
-    echo "workshop-update.bash: workshop.yml names no updates.git_url; pass --from with the organizer's git URL or the thumb drive's notebooks folder" >&2
-    exit 2
-fi
-exec "$WORKSHOP_ENV_PYTHON" -P "$WORKSHOP_REPO/appliance/update.py" --from "$source_arg" \
-    --branch "${branch_arg:-$cfg_updates_branch}" --notebooks "$cfg_notebooks_dir" ${extra[@]+"${extra[@]}"}
+echo "workshop-update.bash: no Python 3 on PATH; run local/setup.bash first" >&2
+exit 2

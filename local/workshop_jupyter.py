@@ -1,12 +1,13 @@
-"""Local mode's Jupyter, shared by local/setup.bash, local/run-jupyter.bash and the thumb drive's
-appliance/launcher.py (run with the env's `python -P` or `-I`, so nothing in the current folder
-shadows a module; `install` needs only the standard library).
+"""Local mode's Jupyter: the workshop kernel and lab settings, and the one JupyterLab start that
+local mode from a checkout (local/local_mode.py) and the thumb drive's launcher
+(appliance/launcher.py) both run. Standard library only.
 
-    python -P local/workshop_jupyter.py install --keras-backend B [--keras-home DIR]  # kernel + lab settings into the env
-    python -P local/workshop_jupyter.py serve [--port N] [--open]     # start JupyterLab, print the URL last
+    python -I local/workshop_jupyter.py install --keras-backend B [--keras-home DIR]  # run by the env's Python
 
-The token never appears on a command line (other users can read /proc/PID/cmdline): it goes to
-Jupyter as JUPYTER_TOKEN; a password hash goes into a 0600 config file.
+`serve` starts JupyterLab on 127.0.0.1 with notebooks/ as root, its output in a log file, and
+calls back once the server answers. The token never appears on a command line (other users can
+read /proc/PID/cmdline): it goes to Jupyter as JUPYTER_TOKEN, and a browser opens a 0600
+redirect file; a password hash goes into a 0600 config file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -25,24 +25,19 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.append(str(HERE))  # run with -I, this folder is not on the path; appended, it shadows nothing
+from workshop_env import Refused, env_bin, env_python  # noqa: E402
+
 SETTINGS = HERE / "jupyter"
 KERNEL_NAME = "workshop"
 KERNEL_DISPLAY_NAME = "Python 3 (workshop)"
-PROG = "run-jupyter.bash"
 PORTS_TRIED = 50
 STARTUP_TIMEOUT = 180.0
-
-
-class Refused(Exception):
-    """Bad input: one line for the user, exit status 2."""
-
-
-def say(message: str, prog: str = PROG) -> None:
-    print(f"{prog}: {message}", file=sys.stderr, flush=True)
 
 
 # --- install: kernel and lab settings --------------------------------------------------------
@@ -57,10 +52,6 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def env_python(prefix: Path) -> Path:
-    return prefix / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def install(prefix: Path, keras_backend: str, keras_home: Path) -> None:
@@ -90,12 +81,22 @@ def install(prefix: Path, keras_backend: str, keras_home: Path) -> None:
         _write(prefix / target, (SETTINGS / source).read_text(encoding="utf-8"))
 
 
+def install_kernel(env: Path, keras_backend: str, keras_home: Path) -> None:
+    """install() run by the env's own Python (ipykernel's logos are there): this file, isolated."""
+    result = subprocess.run([str(env_python(env)), "-I", str(Path(__file__).resolve()), "install",
+                             "--keras-backend", keras_backend, "--keras-home", str(keras_home)])
+    if result.returncode != 0:
+        raise Refused(f"installing the workshop kernel into {env} failed (see above)")
+
+
 # --- serve ------------------------------------------------------------------------------------
 
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
-        # as Jupyter binds: connections in TIME_WAIT from a previous run do not block the port
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name != "nt":
+            # as Jupyter binds: connections in TIME_WAIT from a previous run do not block the port
+            # (on Windows the option would let this bind succeed over a listening server)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -104,7 +105,10 @@ def port_free(port: int) -> bool:
 
 
 def choose_port(requested: int | None, default: int) -> int:
+    """The port asked for (it must be free), or the first free one from the default up."""
     if requested is not None:
+        if not 0 < requested < 65536:
+            raise Refused(f"--port {requested}: give a port number from 1 to 65535")
         if not port_free(requested):
             raise Refused(f"port {requested} is in use; pass another --port")
         return requested
@@ -114,32 +118,62 @@ def choose_port(requested: int | None, default: int) -> int:
     raise Refused(f"no free port in {default}..{default + PORTS_TRIED - 1}; pass --port")
 
 
-def server_config(notebooks: Path, port: int, password_hash: str) -> dict:
+@dataclass
+class Lab:
+    """One JupyterLab to start: the env it runs from and what it serves."""
+    env: Path
+    notebooks: Path
+    port: int
+    token: str  # "" when a password hash guards it
+    log: Path  # the server's own output
+    environ: dict[str, str] = field(default_factory=dict)  # KERAS_HOME, KERAS_BACKEND, ...
+    password_hash: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What the participant opens: with the token, it logs the browser in."""
+        return f"{self.base}/lab?token={self.token}" if self.token else f"{self.base}/lab"
+
+
+def server_config(lab: Lab) -> dict:
     config: dict = {
         "ServerApp": {
-            "ip": "127.0.0.1", "port": port, "port_retries": 0, "open_browser": False,
-            "root_dir": str(notebooks),
+            "ip": "127.0.0.1", "port": lab.port, "port_retries": 0, "open_browser": False,
+            "root_dir": str(lab.notebooks),
             # Ctrl-C stops at once instead of asking "really stop?"
             "answer_yes": True,
         },
     }
-    if password_hash:
-        config["PasswordIdentityProvider"] = {"hashed_password": password_hash}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        config["ServerApp"]["allow_root"] = True  # containers and CI machines often are root
+    if lab.password_hash:
+        config["PasswordIdentityProvider"] = {"hashed_password": lab.password_hash}
         config["IdentityProvider"] = {"token": ""}
     return config
 
 
-def wait_until_up(base: str, token: str, process: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> bool:
+def write_private(path: Path, text: str) -> None:
+    """A new file only this user can read (a token or a password hash is in it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def wait_until_up(lab: Lab, process: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> bool:
     """Poll /api/status until the server answers (authorised), it exits, or time runs out."""
-    headers = {"Authorization": f"token {token}"} if token else {}
+    headers = {"Authorization": f"token {lab.token}"} if lab.token else {}
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never via a proxy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with direct.open(urllib.request.Request(f"{base}/api/status", headers=headers), timeout=5):
+            with direct.open(urllib.request.Request(f"{lab.base}/api/status", headers=headers), timeout=5):
                 return True
         except urllib.error.HTTPError as error:
-            if error.code in (401, 403) and not token:
+            if error.code in (401, 403) and not lab.token:
                 return True  # password login: the server answers, it just wants the password
         except OSError:
             pass
@@ -147,64 +181,68 @@ def wait_until_up(base: str, token: str, process: subprocess.Popen, timeout: flo
     return False
 
 
-def serve(port_arg: int | None, open_browser: bool) -> int:
-    from appliance.config import load_config
+def open_browser(lab: Lab, folder: Path) -> None:
+    """Through a 0600 redirect file, as Jupyter does: the token is on no browser's command line."""
+    page = folder / "open-jupyter.html"
+    write_private(page, f'<!DOCTYPE html><meta http-equiv="refresh" content="0; url={lab.url}">'
+                        f'<a href="{lab.url}">Open JupyterLab</a>\n')
+    webbrowser.open(page.as_uri())
 
-    loaded = load_config(REPO / "workshop.yml")
-    workshop = loaded.workshop
-    port = choose_port(port_arg, workshop.ports.jupyter)
-    notebooks = loaded.notebooks_dir
-    notebooks.mkdir(parents=True, exist_ok=True)
-    password_hash = workshop.jupyter.password_hash or ""
-    token = "" if password_hash else secrets.token_hex(24)
 
-    env_dir = Path(sys.prefix)
-    log_path = env_dir / "jupyter.log"
+def serve(lab: Lab, say: Callable[[str], None], ready: Callable[[Lab], None], browser: bool = False) -> int:
+    """Start JupyterLab, call ready(lab) once it answers, and wait until it stops (Ctrl-C, or
+    SIGTERM to this process, stops it cleanly). Returns its exit status; 1 if it never answered."""
+    lab.notebooks.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="workshop-jupyter-"))  # 0700: only this user reads it
     config_file = run_dir / "jupyter_server_config.json"
-    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(server_config(notebooks, port, password_hash), out)
-
-    env = {**os.environ, "JUPYTER_TOKEN": token, "KERAS_BACKEND": workshop.keras_backend,
-           "KERAS_HOME": str(env_dir / "keras"), "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if not token:
-        env.pop("JUPYTER_TOKEN")
-    command = [str(env_dir / "bin" / "jupyter"), "lab", f"--config={config_file}"]
-    if os.name == "posix" and os.geteuid() == 0:
-        command.append("--allow-root")  # containers and CI machines often are root
-    say(f"starting JupyterLab for {notebooks} (its log: {log_path})")
+    write_private(config_file, json.dumps(server_config(lab)))
+    env = {**os.environ, **lab.environ, "PATH": f"{env_bin(lab.env)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("JUPYTER_TOKEN", None)
+    if lab.token:
+        env["JUPYTER_TOKEN"] = lab.token
+    command = [str(env_python(lab.env)), "-I", "-m", "jupyterlab", f"--config={config_file}"]
+    say(f"starting JupyterLab for {lab.notebooks} (its log: {lab.log})")
     started: list[subprocess.Popen] = []
+    signals: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        signals.append(signum)
         for process in started:
-            if process.poll() is None:
+            if process.poll() is not None:
+                continue
+            if os.name != "nt":
                 process.send_signal(signum)
+            elif signum != signal.SIGINT:  # Windows: the console gives the server its own Ctrl-C
+                process.terminate()
 
     # before the server starts, so it does not inherit an ignored SIGINT (a shell's `cmd &`)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    with log_path.open("a") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=notebooks)
-    started.append(process)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        base = f"http://127.0.0.1:{port}"
-        if not wait_until_up(base, token, process):
-            forward(signal.SIGTERM, None)
-            say(f"JupyterLab did not start; the end of {log_path} says why:")
-            sys.stderr.write("".join(log_path.read_text(errors="replace").splitlines(True)[-15:]))
+        with lab.log.open("a", encoding="utf-8") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, cwd=lab.notebooks)
+        started.append(process)
+        if not wait_until_up(lab, process):
+            if signals:  # Ctrl-C while it started: stopped as asked
+                return process.returncode or 0
+            say(f"JupyterLab did not start; the end of {lab.log} says why:")
+            sys.stderr.write("".join(lab.log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:]))
             return 1
-        url = f"{base}/lab?token={token}" if token else f"{base}/lab"
-        if open_browser:
-            webbrowser.open(url)
-        say("Ctrl-C stops it. Open this in your browser" + (" (with the workshop password):" if not token else ":"))
-        print(url, flush=True)
+        ready(lab)
+        if browser:
+            open_browser(lab, run_dir)
         return process.wait()
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait()
+        for process in started:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -214,24 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     inst = commands.add_parser("install")
     inst.add_argument("--keras-backend", required=True)
     inst.add_argument("--keras-home", type=Path, help="where Keras keeps its models and data (default: ENV/keras)")
-    srv = commands.add_parser("serve")
-    srv.add_argument("--port", type=int)
-    srv.add_argument("--open", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "install":
-            install(Path(sys.prefix), args.keras_backend, args.keras_home or Path(sys.prefix) / "keras")
-            return 0
-        return serve(args.port, args.open)
-    except Refused as refused:
-        say(str(refused))
-        return 2
-    except Exception as error:  # a config error etc.: one line, never a traceback
-        from appliance.errors import ApplianceError
-        if isinstance(error, ApplianceError):
-            say(str(error))
-            return 2
-        raise
+    install(Path(sys.prefix), args.keras_backend, args.keras_home or Path(sys.prefix) / "keras")
+    return 0
 
 
 if __name__ == "__main__":

@@ -195,6 +195,9 @@ def test_the_linux_launcher_runs_the_workshop_from_a_read_only_drive(drive):
     process, first, log = start(mount, env, port, base / "first.log")
     try:
         assert "building the workshop environment" in log
+        # quiet, as local mode: one line per stage, uv's own output only in env/setup.log
+        assert all(line.startswith("workshop: ") for line in log.strip().splitlines()) and len(log.splitlines()) <= 4, log
+        assert "keras" in (home / "env" / "setup.log").read_text().lower()
         token_file = home / "jupyter-token"
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()

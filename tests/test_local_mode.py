@@ -261,6 +261,10 @@ def test_jupyter_refuses_a_busy_port_in_one_line(local_repo: Path):
                                 cwd="/", env=clean_env(**NO_NETWORK), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [f"run-jupyter.bash: port {port} is in use; pass another --port"]
+    result = subprocess.run(["bash", str(local_repo / "local" / "run-jupyter.bash"), "--port", "70000"],
+                            cwd="/", env=clean_env(**NO_NETWORK), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["run-jupyter.bash: --port 70000: give a port number from 1 to 65535"]
 
 
 def test_tensorboard_answers_and_stops(local_repo: Path, start):
@@ -339,3 +343,55 @@ def test_setup_offline_needs_a_wheels_folder(scripts_only: Path, tmp_path: Path)
     (tmp_path / "empty").mkdir()
     line = one_line_failure(run_setup(scripts_only, "--offline", str(tmp_path / "empty"), env=clean_env()))
     assert "no .whl files there" in line
+
+
+def test_setup_refuses_an_env_it_did_not_make(scripts_only: Path, tmp_path: Path):
+    """An env/ that is no venv (someone's own folder) is never removed: one line, exit 2."""
+    (scripts_only / "env").mkdir()
+    (scripts_only / "env" / "notes.txt").write_text("mine")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "placeholder-1.0-py3-none-any.whl").write_bytes(b"")  # the check comes before any install
+    result = run_setup(scripts_only, "--offline", str(wheels), env=clean_env())
+    assert result.returncode == 2
+    assert one_line_failure(result) == (f"setup.bash: {scripts_only / 'env'} exists but is not a Python environment "
+                                        "the workshop made; move it away and start again")
+    assert (scripts_only / "env" / "notes.txt").read_text() == "mine"
+
+
+def test_the_scripts_run_the_first_python_that_works(scripts_only: Path, tmp_path: Path):
+    """A python3.13 on PATH that does not run (a pyenv shim without that version) is passed over."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in ("python3.13", "python3.12"):
+        (shims / name).write_text("#!/bin/sh\necho \"pyenv: $0: command not found\" >&2\nexit 127\n")
+        (shims / name).chmod(0o755)
+    env = clean_env()
+    env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
+    line = one_line_failure(run_setup(scripts_only, "--python", "/bin/false", env=env))
+    assert line.startswith("setup.bash: '/bin/false' is not a working Python;")  # local_mode.py ran
+    assert not (scripts_only / "env").exists()
+    result = run_setup(scripts_only, "--no-such-option", env=env)
+    assert result.returncode == 2 and one_line_failure(result).startswith("setup.bash: unrecognized arguments: --no-such-option;")
+
+
+def test_open_gives_the_browser_a_private_page_not_the_token(local_repo: Path, tmp_path: Path, start, monkeypatch):
+    """--open: the browser gets a 0600 page that redirects to the URL, so the token is on no
+    command line, the browser's included (the drive's launcher opens it the same way)."""
+    record = tmp_path / "browser.txt"
+    browser = tmp_path / "fake-browser"
+    browser.write_text(f'#!/bin/sh\npage="${{1#file://}}"\n{{ echo "$*"; stat -c %a "$page"; cat "$page"; }} > "{record}"\n')
+    browser.chmod(0o755)
+    monkeypatch.setenv("BROWSER", str(browser))  # Python's webbrowser runs it; start() passes it on
+    server = start(local_repo / "local" / "run-jupyter.bash", "--open")
+    match = server.wait_for(r"http://127\.0\.0\.1:(\d+)/lab\?token=([0-9a-f]{32,})")
+    deadline = time.monotonic() + 30
+    while not record.is_file() or len(record.read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline, "the browser was not started"
+        time.sleep(0.2)
+    argv, mode, page = record.read_text().split("\n", 2)
+    assert argv.startswith("file://") and match.group(2) not in argv
+    assert mode == "600"
+    assert f'url={match.group(0)}"' in page
+    assert server.stop(signal.SIGINT) == 0
+    assert not Path(argv.removeprefix("file://")).exists()  # gone with the server

@@ -5,6 +5,7 @@ that fails mid-write, a re-run, targets on the system disk)."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -682,3 +683,25 @@ def test_the_three_launchers_call_the_one_entry_point_with_the_same_arguments(tm
         path.write_text(scripts[name])
         check = subprocess.run(["shellcheck", "--shell=sh", str(path)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+def test_the_launcher_never_removes_a_folder_it_did_not_make(tmp_path):
+    """The drive's launcher and local mode share the env code: a participant's own `env` folder
+    in the workshop folder is refused in one line (exit 2) and left as it is."""
+    from appliance import launcher
+
+    drive = tmp_path / "drive"
+    (drive / "local-mode").mkdir(parents=True)
+    (drive / "local-mode" / "drive.json").write_text(json.dumps({
+        "name": "dl-test-1", "python": "3.11", "wheels": "wheels", "lock": "local-mode/requirements/workshop.lock",
+        "lock_sha256": "0" * 64, "notebooks": "local-mode/notebooks", "assets": [], "keras_backend": "tensorflow",
+        "jupyter_port": 8888}))
+    home = tmp_path / "home é" / "dl-test-1"
+    (home / "env").mkdir(parents=True)
+    (home / "env" / "thesis.tex").write_text("mine")
+    result = subprocess.run([sys.executable, "-I", str(Path(launcher.__file__)), "--drive", str(drive), "--home", str(home),
+                             "--uv", "/nonexistent/uv", "--no-browser"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"workshop: {home / 'env'} exists but is not a Python environment the workshop made; move it away and start again"]
+    assert (home / "env" / "thesis.tex").read_text() == "mine"

@@ -176,6 +176,4 @@ def drive_info(loaded: LoadedConfig, lock: Path) -> dict:
         "lock": "local-mode/requirements/workshop.lock", "lock_sha256": sha256_of(lock),
         "notebooks": f"local-mode/{w.jupyter.root}", "assets": assets,
         "keras_backend": w.keras_backend, "jupyter_port": w.ports.jupyter,
-        # local mode's installer of the workshop kernel and lab settings (local/ is on the drive)
-        "jupyter_settings": "local-mode/local/workshop_jupyter.py",
     }
