@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "appliance.commands.export",
     "appliance.commands.thumbdrive",
     "appliance.commands.hub",
+    "appliance.commands.deploy",
 )
 
 
