@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "appliance.commands.build",
     "appliance.commands.export",
     "appliance.commands.thumbdrive",
+    "appliance.commands.hub",
+    "appliance.commands.deploy",
 )
 
 

@@ -140,6 +140,74 @@ class Drive(Strict):
     python: Literal["3.11", "3.12", "3.13"] = "3.13"
 
 
+# Safe POSIX account names (useradd's own rule, without the trailing '$' of machine accounts):
+# they name hub users' accounts and home folders.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def check_user_name(value: str) -> str:
+    if not USER_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a safe user name; use lower-case letters, digits, '_' or '-', "
+            "starting with a letter or '_', at most 32 characters"
+        )
+    return value
+
+
+class Hub(Strict):
+    """The class JupyterHub (`appliance deploy --mode hub`): who may log in and what each
+    participant's server may use. Passwords are never here: `appliance hub slips` makes them."""
+
+    # Roster users who are also hub admins (they get their own password slip like everyone).
+    admins: list[StrictStr] = Field(default_factory=list)
+    # CSV inside the workshop folder: user name, optional e-mail; null: the admins only.
+    roster: StrictStr | None = None
+    # The address participants open (printed on the slips); null: https://<the inventory host>/
+    url: StrictStr | None = None
+    # Where the hub listens on the server: HTTPS, and plain HTTP that only redirects to it.
+    bind_address: StrictStr = "0.0.0.0"
+    port: StrictInt = Field(default=443, ge=1, le=65535)
+    http_port: StrictInt = Field(default=80, ge=1, le=65535)
+    memory_mb: StrictInt = Field(default=2048, ge=256, le=MAX_MEMORY_MB)
+    cpus: float = Field(default=1.0, gt=0, le=64, strict=True)  # strict: a quoted "2" is a typo
+    idle_minutes: StrictInt = Field(default=60, ge=5, le=7 * 24 * 60)
+    # A certificate and its key on the organizer's machine (PEM; absolute, or inside the workshop
+    # folder); both null: the server makes a self-signed one.
+    tls_cert: StrictStr | None = None
+    tls_key: StrictStr | None = None
+
+    @field_validator("admins")
+    @classmethod
+    def _safe_admins(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_user_name(name)
+        return value
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address; use 0.0.0.0 (every interface) or one of the server's") from None
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _https_url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("https://") or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not an https:// address; the hub only serves HTTPS")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Hub":
+        if self.port == self.http_port:
+            raise ValueError(f"hub.port and hub.http_port are both {self.port}; give each its own port")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both hub.tls_cert and hub.tls_key, or neither (a self-signed certificate is made)")
+        return self
+
+
 class Workshop(Strict):
     name: StrictStr
     version: StrictStr
@@ -158,6 +226,7 @@ class Workshop(Strict):
     # carries a EulaSection only when this is given (VBoxManage then needs `--vsys 0 --eula accept`).
     license_file: StrictStr | None = None
     drive: Drive = Field(default_factory=Drive)
+    hub: Hub = Field(default_factory=Hub)
 
     @field_validator("name")
     @classmethod
@@ -213,6 +282,17 @@ class LoadedConfig(BaseModel):
     def license_path(self) -> Path | None:
         return None if self.workshop.license_file is None else self.root / self.workshop.license_file
 
+    @property
+    def roster_path(self) -> Path | None:
+        return None if self.workshop.hub.roster is None else self.root / self.workshop.hub.roster
+
+    def hub_tls_paths(self) -> tuple[Path, Path] | None:
+        """The organizer's certificate and key (absolute, or relative to the workshop folder)."""
+        hub = self.workshop.hub
+        if hub.tls_cert is None or hub.tls_key is None:
+            return None
+        return self.root / hub.tls_cert, self.root / hub.tls_key
+
     def included_assets(self) -> list:
         return self.manifest.select(self.workshop.assets.include)
 
@@ -254,6 +334,22 @@ def _check_license(path: Path, lines: dict, root: Path, relative: str) -> None:
         raise fail_at(path, lines, loc, f"{licence} holds binary or control characters; give a plain text file")
 
 
+def _check_hub(path: Path, lines: dict, root: Path, hub: Hub) -> None:
+    if hub.roster is not None:
+        problem = _outside(root, hub.roster, f"the workshop folder {root}")
+        if problem:
+            raise fail_at(path, lines, ("hub", "roster"), problem)
+    for key in ("tls_cert", "tls_key"):
+        given = getattr(hub, key)
+        if given is None:
+            continue
+        # The key is a secret that belongs outside the repository, so an absolute path is fine here.
+        if control_character(given):
+            raise fail_at(path, lines, ("hub", key), "must be one line: the path of a PEM file")
+        if not (root / given).is_file():
+            raise fail_at(path, lines, ("hub", key), f"{root / given} does not exist; fix the path or set both tls_cert and tls_key to null")
+
+
 def network_warnings(workshop: Workshop) -> list[str]:
     """Settings that are valid but expose the appliance beyond this computer."""
     address = workshop.ports.host_address
@@ -281,6 +377,8 @@ def load_config(path: Path) -> LoadedConfig:
             raise fail_at(path, lines, loc, problem)
     if workshop.license_file is not None:
         _check_license(path, lines, root, workshop.license_file)
+
+    _check_hub(path, lines, root, workshop.hub)
 
     manifest_path = root / workshop.assets.manifest
     if not manifest_path.is_file():

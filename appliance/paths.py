@@ -31,3 +31,9 @@ def requirements_dir(root: Path = REPO_ROOT) -> Path:
 
 def lock_file(root: Path = REPO_ROOT) -> Path:
     return requirements_dir(root) / "workshop.lock"
+
+
+def hub_lock_file(root: Path = REPO_ROOT) -> Path:
+    """The class JupyterHub's own environment (requirements/hub.in), Linux x86_64, CPython 3.13."""
+    return requirements_dir(root) / "hub.lock"
+

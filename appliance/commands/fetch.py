@@ -124,3 +124,16 @@ def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool, pythons
         raise ApplianceError(f"{lock} does not exist; create the lock first")
     drive = loaded.workshop.drive
     wheels.fill(lock, dest, wheels.wheel_targets(drive.platforms, drive.python, pythons or []))
+    fill_hub(cache)
+
+
+def fill_hub(cache: Path) -> None:
+    """The class hub's wheels (its one server target: CPython 3.13 on Linux x86_64, like the VM)
+    in CACHE/wheels/hub and its npm proxy in CACHE/npm. The hub's environment is the tool's own
+    (requirements/hub.lock of this checkout), like local/jupyter."""
+    from appliance import wheels
+    from appliance.hub.proxy import fetch_proxy
+    from appliance.paths import hub_lock_file, requirements_dir
+
+    wheels.fill(hub_lock_file(), cache / "wheels" / "hub", [wheels.Target("3.13", "linux_x86_64")])
+    fetch_proxy(requirements_dir() / "npm", cache / "npm")

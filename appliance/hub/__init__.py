@@ -1,0 +1,1 @@
+"""The class JupyterHub: roster, passwords and their slips (the deploy play lives in provision/)."""

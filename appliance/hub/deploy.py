@@ -1,0 +1,75 @@
+"""Run provision/hub.yml against the organizer's inventory (hosts reachable by ssh), with the
+settings `appliance` validated and the hub accounts `appliance hub slips` made."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.config import LoadedConfig
+from appliance.errors import ApplianceError, UsageError
+from appliance.hub.accounts import accounts_path, hub_people
+from appliance.hub.passwords import load_accounts
+from appliance.paths import hub_lock_file
+from appliance.vm.cachepaths import workshop_state
+from appliance.vm.playbook import PROVISION_DIR, PlaybookReport, playbook_command, playbook_environment
+from appliance.vm.provision_vars import write_provision_vars
+
+HUB_PLAYBOOK = PROVISION_DIR / "hub.yml"
+
+
+def check_ready(config: LoadedConfig, inventory: Path) -> Path:
+    """Everything the play needs on the controller, checked before any host is touched."""
+    if not inventory.is_file():
+        raise UsageError(f"--inventory {inventory}: no such file; write an Ansible inventory naming the hub server")
+    accounts = accounts_path(config)
+    if not accounts.exists():
+        raise UsageError(f"no hub passwords yet ({accounts}); run `appliance hub slips` first")
+    stored = set(load_accounts(accounts))
+    wanted = {p.name for p in hub_people(config)}
+    if stored != wanted:
+        raise UsageError("the roster changed since the last `appliance hub slips`; run it again "
+                         "(new users get slips, everyone else keeps their password)")
+    cache = config.root / "cache"
+    if not any((cache / "wheels" / "hub").glob("*.whl")) or not (cache / "npm" / "node_modules").is_dir():
+        raise UsageError(f"the hub's wheels or proxy are not in {cache}; run `appliance fetch --wheels`")
+    if not any((cache / "wheels").glob("*.whl")):
+        raise UsageError(f"the wheelhouse {cache / 'wheels'} is empty; run `appliance fetch --wheels`")
+    if not hub_lock_file().is_file():
+        raise ApplianceError(f"{hub_lock_file()} is missing from this checkout")
+    return accounts
+
+
+def deploy_command(config: LoadedConfig, inventory: Path, accounts: Path, vars_path: Path, check: bool) -> list[str]:
+    command = playbook_command(inventory.resolve(), config.path, vars_path, HUB_PLAYBOOK)
+    command[1:1] = ["--extra-vars", json.dumps({"hub_accounts_file": str(accounts.resolve())})]
+    return command + (["--check", "--diff"] if check else [])
+
+
+def deploy_hub(config: LoadedConfig, inventory: Path, check: bool = False,
+               log: Callable[[str], None] = print) -> PlaybookReport:
+    accounts = check_ready(config, inventory)
+    state = workshop_state(config)
+    state.mkdir(parents=True, exist_ok=True)
+    report = state / "hub-ansible-report.json"
+    report.unlink(missing_ok=True)
+    command = deploy_command(config, inventory, accounts, write_provision_vars(config), check)
+    log(f"ansible: {shlex.join(command)}")
+    with subprocess.Popen(command, env=playbook_environment(report), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log(line.rstrip("\n"))
+        status = process.wait()
+    if not report.exists():
+        raise ApplianceError(f"ansible-playbook ended (exit {status}) before the play finished; see the output above")
+    data = json.loads(report.read_text())
+    result = PlaybookReport(role_seconds=data["roles"], total_seconds=data["total_seconds"],
+                            changed_tasks=data["changed_tasks"], failed_tasks=data["failed_tasks"])
+    if status != 0:
+        raise ApplianceError(f"the hub deploy failed (ansible-playbook exit {status}): "
+                             f"{', '.join(result.failed_tasks) or 'see the output above'}")
+    return result
