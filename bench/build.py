@@ -119,7 +119,9 @@ def idle_memory(machine: qemu.Machine) -> None:
         f"{line.split()[1]} {int(line.split()[0]) // 1024} MB" for line in processes if len(line.split()) == 2))
     meminfo = dict(line.split(":", 1) for line in machine.ssh("cat", "/proc/meminfo").stdout.splitlines())
     print("    kernel: " + ", ".join(
-        f"{key} {int(meminfo[key].split()[0]) // 1024} MB" for key in ("Shmem", "SUnreclaim", "KernelStack", "PageTables", "AnonHugePages")
+        f"{key} {int(meminfo[key].split()[0]) // 1024} MB" for key in (
+            "MemTotal", "MemFree", "MemAvailable", "Cached", "AnonPages", "AnonHugePages", "Shmem", "SReclaimable",
+            "SUnreclaim", "KernelStack", "PageTables", "VmallocUsed", "Percpu", "Unevictable", "HugePages_Total")
         if key in meminfo))
 
 
