@@ -116,8 +116,12 @@ def test_assets_role_places_verifies_and_copes_with_nothing(tmp_path):
     again = _run_assets_role(full, home)
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
 
-    # a cache file that does not match the manifest is caught after placing
+    # an asset in place as the manifest says is not read from the cache again...
     (full / "cache" / "w.h5").write_bytes(b"x" + weights[1:])
+    kept = _run_assets_role(full, home)
+    assert kept.returncode == 0 and "changed=0" in kept.stdout, kept.stdout[-3000:]
+    # ...but one that must be placed from a cache file not matching the manifest is caught
+    (home / ".keras" / "models" / "w.h5").unlink()
     broken = _run_assets_role(full, home)
     assert broken.returncode != 0
     assert "w.h5 has" in broken.stdout and assets[0]["hash"] in broken.stdout, broken.stdout[-3000:]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -71,10 +71,11 @@ def chroot_session(root: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def mounted_disk(disk: Path, work: Path, write_back: bool = True) -> Iterator[Path]:
+def mounted_disk(disk: Path, work: Path, write_back: bool | Callable[[], bool] = True) -> Iterator[Path]:
     """The root file system of the qcow2 `disk` mounted at a folder under `work`. The disk is
     converted to raw beside it and back only when the block succeeds: a failed play leaves
-    `disk` as it was (and `write_back=False` makes it a scratch copy)."""
+    `disk` as it was (and `write_back=False` makes it a scratch copy). A callable `write_back`
+    is asked after the block: a play that changed nothing need not rewrite gigabytes."""
     work.mkdir(parents=True, exist_ok=True)
     raw = work / "disk.raw"
     mountpoint = work / "root"
@@ -92,7 +93,7 @@ def mounted_disk(disk: Path, work: Path, write_back: bool = True) -> Iterator[Pa
                 subprocess.run(["umount", str(mountpoint)], capture_output=True)
         finally:
             subprocess.run(["losetup", "--detach", loop], capture_output=True)
-        if not write_back:
+        if not (write_back() if callable(write_back) else write_back):
             return
         partial = disk.with_name(disk.name + ".partial")
         _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])

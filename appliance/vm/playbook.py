@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.config import LoadedConfig
@@ -49,6 +49,7 @@ class PlaybookReport:
     total_seconds: float
     changed_tasks: list[str]
     failed_tasks: list[str]
+    slowest_tasks: dict[str, float] = field(default_factory=dict)  # "role : task" -> seconds, slowest first
 
     @property
     def changed(self) -> int:
@@ -131,6 +132,7 @@ def run_playbook(
         total_seconds=data["total_seconds"],
         changed_tasks=data["changed_tasks"],
         failed_tasks=data["failed_tasks"],
+        slowest_tasks=data.get("slowest_tasks", {}),
     )
     if status != 0:
         failed = ", ".join(result.failed_tasks) or "see the output above"

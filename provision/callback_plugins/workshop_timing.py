@@ -32,6 +32,9 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self._roles: dict[str, float] = {}
         self._current: tuple[str, float] | None = None
+        # seconds per task ("role : task"), so a slow re-run names its slow tasks
+        self._tasks: dict[str, float] = {}
+        self._task_name = ""
         self._changed: list[str] = []
         self._failed: list[str] = []
         self._started = time.monotonic()
@@ -39,12 +42,15 @@ class CallbackModule(CallbackBase):
     def _close_current(self) -> None:
         if self._current is not None:
             role, started = self._current
-            self._roles[role] = self._roles.get(role, 0.0) + time.monotonic() - started
+            seconds = time.monotonic() - started
+            self._roles[role] = self._roles.get(role, 0.0) + seconds
+            self._tasks[self._task_name] = self._tasks.get(self._task_name, 0.0) + seconds
             self._current = None
 
     def _task_start(self, task) -> None:
         self._close_current()
         role = task._role.get_name() if task._role else "(play)"
+        self._task_name = task.get_name()
         self._current = (role, time.monotonic())
 
     def v2_playbook_on_task_start(self, task, is_conditional) -> None:
@@ -84,6 +90,7 @@ class CallbackModule(CallbackBase):
                 "total_seconds": total,
                 "changed_tasks": self._changed,
                 "failed_tasks": self._failed,
+                "slowest_tasks": dict(sorted(self._tasks.items(), key=lambda item: -item[1])[:10]),
                 "stats": summary,
             }
             temporary = report + ".tmp"
