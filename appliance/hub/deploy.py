@@ -4,8 +4,6 @@ settings `appliance` validated and the hub accounts `appliance hub slips` made."
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from appliance.hub.accounts import accounts_path, hub_people
 from appliance.hub.passwords import load_accounts
 from appliance.paths import hub_lock_file
 from appliance.vm.cachepaths import workshop_state
-from appliance.vm.playbook import PROVISION_DIR, PlaybookReport, playbook_command, playbook_environment
+from appliance.vm.playbook import PROVISION_DIR, PlaybookReport, playbook_command, run_ansible
 from appliance.vm.provision_vars import write_provision_vars
 
 HUB_PLAYBOOK = PROVISION_DIR / "hub.yml"
@@ -54,22 +52,5 @@ def deploy_hub(config: LoadedConfig, inventory: Path, check: bool = False,
     accounts = check_ready(config, inventory)
     state = workshop_state(config)
     state.mkdir(parents=True, exist_ok=True)
-    report = state / "hub-ansible-report.json"
-    report.unlink(missing_ok=True)
     command = deploy_command(config, inventory, accounts, write_provision_vars(config), check)
-    log(f"ansible: {shlex.join(command)}")
-    with subprocess.Popen(command, env=playbook_environment(report), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            log(line.rstrip("\n"))
-        status = process.wait()
-    if not report.exists():
-        raise ApplianceError(f"ansible-playbook ended (exit {status}) before the play finished; see the output above")
-    data = json.loads(report.read_text())
-    result = PlaybookReport(role_seconds=data["roles"], total_seconds=data["total_seconds"],
-                            changed_tasks=data["changed_tasks"], failed_tasks=data["failed_tasks"])
-    if status != 0:
-        raise ApplianceError(f"the hub deploy failed (ansible-playbook exit {status}): "
-                             f"{', '.join(result.failed_tasks) or 'see the output above'}")
-    return result
+    return run_ansible(command, state / "hub-ansible-report.json", "the hub deploy", log)

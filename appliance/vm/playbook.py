@@ -112,10 +112,16 @@ def run_playbook(
     state_dir.mkdir(parents=True, exist_ok=True)
     inventory = state_dir / "inventory"
     report = state_dir / "ansible-report.json"
-    report.unlink(missing_ok=True)
     write_inventory(inventory, connection)
     vars_path = write_provision_vars(config)
     command = playbook_command(inventory, config.path, vars_path, playbook)
+    return run_ansible(command, report, "provisioning", log)
+
+
+def run_ansible(command: list[str], report: Path, what: str, log: Callable[[str], None] = print) -> PlaybookReport:
+    """ansible-playbook with the timing callback writing `report`, its output streamed to `log`;
+    a failed play is one line naming `what` and the failed tasks."""
+    report.unlink(missing_ok=True)
     log(f"ansible: {shlex.join(command)}")
     with subprocess.Popen(
         command, env=playbook_environment(report), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -136,5 +142,5 @@ def run_playbook(
     )
     if status != 0:
         failed = ", ".join(result.failed_tasks) or "see the output above"
-        raise ApplianceError(f"provisioning failed (ansible-playbook exit {status}): {failed}")
+        raise ApplianceError(f"{what} failed (ansible-playbook exit {status}): {failed}")
     return result
