@@ -26,6 +26,15 @@ MAX_LICENSE_BYTES = 64 * 1024
 _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _SAFE_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")
 
+
+def _ip_address(value: str, use: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address; use {use}") from None
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,11 +89,7 @@ class Ports(Strict):
     @field_validator("host_address")
     @classmethod
     def _an_ip_address(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0") from None
-        return value
+        return _ip_address(value, "127.0.0.1 (this host only) or 0.0.0.0")
 
     @model_validator(mode="after")
     def _no_clash(self) -> "Ports":
@@ -186,11 +191,7 @@ class Hub(Strict):
     @field_validator("bind_address")
     @classmethod
     def _bind_ip(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address; use 0.0.0.0 (every interface) or one of the server's") from None
-        return value
+        return _ip_address(value, "0.0.0.0 (every interface) or one of the server's")
 
     @field_validator("url")
     @classmethod
