@@ -49,6 +49,18 @@ BAD_INPUTS = [
     pytest.param('name: x\nversion: "1"\nports:\n  jupyter: [8888\n', r"w\.yml:5: YAML syntax error", id="yaml-syntax"),
     pytest.param('name: x\nversion: "1"\njupyter:\n  password_hash: hunter2\n', r"jupyter\.password_hash: must be a hash", id="plain-password"),
     pytest.param("- just\n- a list\n", r"w\.yml:1: the file must be a mapping", id="not-a-mapping"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  admins: [Root!]\n', r"w\.yml:4: hub\.admins: 'Root!' is not a safe user name", id="hub-admin-name"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  roster: ../people.csv\n', r"w\.yml:4: hub\.roster: '\.\./people\.csv' goes up", id="hub-roster-outside"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  memory_mb: 100\n', r"w\.yml:4: hub\.memory_mb: 100 is below the minimum 256", id="hub-memory"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  cpus: 0\n', r"w\.yml:4: hub\.cpus: ", id="hub-cpus"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  cpus: lots\n', r"w\.yml:4: hub\.cpus: ", id="hub-cpus-text"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  idle_minutes: 1\n', r"w\.yml:4: hub\.idle_minutes: 1 is below the minimum 5", id="hub-idle"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  port: 80\n', r"w\.yml:3: hub: hub\.port and hub\.http_port are both 80", id="hub-port-clash"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  tls_cert: cert.pem\n', r"give both hub\.tls_cert and hub\.tls_key", id="hub-cert-without-key"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  tls_cert: c.pem\n  tls_key: k.pem\n', r"w\.yml:4: hub\.tls_cert: .*c\.pem does not exist", id="hub-cert-missing"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  url: http://hub.example.org\n', r"w\.yml:4: hub\.url: .* is not an https:// address", id="hub-plain-http-url"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  bind_address: everywhere\n', r"w\.yml:4: hub\.bind_address: 'everywhere' is not an IP address", id="hub-bind"),
+    pytest.param('name: x\nversion: "1"\nhub:\n  password: x\n', r"w\.yml:4: hub\.password: unknown key", id="hub-unknown-key"),
 ]
 
 
