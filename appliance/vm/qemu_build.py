@@ -267,13 +267,11 @@ def reprovision(config: LoadedConfig, log: Callable[[str], None] = print) -> Qem
         raise ApplianceError(f"this workshop's VM is running (qemu pid {qemu.running_pid(config)}); stop it first")
     work = workshop_state(config) / "reprovision-work"
     _fresh_folder(work)
-    reports: list[PlaybookReport] = []
     try:
         # A play that changed nothing leaves the disk as it was: no write-back (the raw copy's
-        # only differences are the mount's own bookkeeping).
-        with mounted_disk(final, work, write_back=lambda: reports[-1].changed > 0) as root, chroot_session(root):
-            reports.append(run_playbook(ChrootConnection(root), config, log))
-        report = reports[-1]
+        # only differences are the mount's own bookkeeping). Asked only after the play succeeded.
+        with mounted_disk(final, work, write_back=lambda: report.changed > 0) as root, chroot_session(root):
+            report = run_playbook(ChrootConnection(root), config, log)
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
