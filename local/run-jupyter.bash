@@ -8,11 +8,6 @@
 # random token in the URL. --open (or WORKSHOP_OPEN_BROWSER=1) opens a browser. The URL is printed
 # last, on its own line, once the server answers; Jupyter's own log goes to env/jupyter.log.
 # Ctrl-C stops the server at once. The work is in local/local_mode.py and workshop_jupyter.py.
-for python in python3.13 python3.12 python3.11 python3 python; do
-    # the first that runs (a pyenv shim may not) and can run the module (3.8 or later)
-    if "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
-        exec "$python" -I "$(dirname "${BASH_SOURCE[0]}")/local_mode.py" jupyter "$@"
-    fi
-done
-echo "run-jupyter.bash: no Python 3 on PATH; run local/setup.bash first" >&2
-exit 2
+# shellcheck source-path=SCRIPTDIR source=local-mode.bash
+source "$(dirname "${BASH_SOURCE[0]}")/local-mode.bash"
+run_local_mode jupyter "run local/setup.bash first" "$@"

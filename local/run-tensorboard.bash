@@ -5,11 +5,6 @@
 #
 # The log folder is notebooks/logs (or $WORKSHOP_LOGDIR); the port is workshop.yml's
 # ports.tensorboard (6006) or the next free one. Ctrl-C stops it. The work is in local/local_mode.py.
-for python in python3.13 python3.12 python3.11 python3 python; do
-    # the first that runs (a pyenv shim may not) and can run the module (3.8 or later)
-    if "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' >/dev/null 2>&1; then
-        exec "$python" -I "$(dirname "${BASH_SOURCE[0]}")/local_mode.py" tensorboard "$@"
-    fi
-done
-echo "run-tensorboard.bash: no Python 3 on PATH; run local/setup.bash first" >&2
-exit 2
+# shellcheck source-path=SCRIPTDIR source=local-mode.bash
+source "$(dirname "${BASH_SOURCE[0]}")/local-mode.bash"
+run_local_mode tensorboard "run local/setup.bash first" "$@"
