@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = [row for row in rows if row[3] == "ok"]
     if ok:
         top = max(ok, key=lambda row: row[1])
-        print(f"largest kernel peak: {top[1] / 2**20:.0f} MB ({top[0]}); with the idle server: "
-              f"{(top[1] + server) / 2**20:.0f} MB per busy participant")
+        kernel_mb, server_mb = round(top[1] / 2**20), round(server / 2**20)
+        print(f"largest kernel peak: {kernel_mb} MB ({top[0]}); with the idle server ({server_mb} MB): "
+              f"{kernel_mb + server_mb} MB per busy participant")
     return 0 if len(ok) == len(rows) else 1
 
 

@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--participants", type=int, required=True, metavar="N")
     size.add_argument("--node-memory-gb", type=float, default=32.0, metavar="G", help="memory of one node (default 32)")
     size.add_argument("--node-cpus", type=float, default=8.0, metavar="C", help="CPUs of one node (default 8)")
+    size.add_argument("--node-gpus", type=int, default=0, metavar="N", help="GPUs of one node (with kubernetes.gpu: true)")
     size.set_defaults(run=run_size)
 
 
@@ -71,7 +72,7 @@ def run_values(args: argparse.Namespace) -> int:
         print("HTTPS: no kubernetes.host: the cluster's ingress must terminate TLS in front of the proxy-public service")
     else:
         print(f"HTTPS: Let's Encrypt for {k8s.host} (point its DNS at the proxy-public service's address)")
-    if workshop.updates.git_url and k8s.host:
+    if workshop.updates.git_url:
         print(f"updates: every server start pulls {workshop.updates.git_url} into ~/{workshop.name} (nbgitpuller)")
     print(helm_command(output, release, namespace))
     return 0
@@ -81,7 +82,7 @@ def run_size(args: argparse.Namespace) -> int:
     from appliance.k8s.sizing import MEASURED_ON, describe, size
 
     config = load_config(args.config)
-    result = size(config.workshop, args.participants, args.node_memory_gb, args.node_cpus)
+    result = size(config.workshop, args.participants, args.node_memory_gb, args.node_cpus, node_gpus=args.node_gpus)
     for line in describe(result):
         stream = sys.stderr if line.startswith("warning:") else sys.stdout
         print(line if stream is sys.stdout else f"appliance: {line}", file=stream)
