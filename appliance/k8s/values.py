@@ -171,6 +171,10 @@ def write_values(path: Path, text: str, force: bool) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        # mkstemp makes 0600; the values hold no secret, so the file gets the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         if yaml.safe_load(Path(temporary).read_text(encoding="utf-8")) is None:
             raise UsageError(f"writing {path} failed: the file came out empty")
         os.replace(temporary, path)
