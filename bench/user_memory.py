@@ -94,6 +94,15 @@ def ensure_env(env: Path, python: str) -> Path:
     return workshop_env.env_python(env)
 
 
+def default_python() -> str:
+    """The first of python3.13, 3.12, 3.11 that runs (a version manager's shim may not), else this one."""
+    for name in ("python3.13", "python3.12", "python3.11"):
+        found = shutil.which(name)
+        if found and workshop_env.minor(workshop_env.python_version(found)) == name.removeprefix("python"):
+            return found
+    return sys.executable
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebook files (default: all ten)")
     parser.add_argument("--env", type=Path, default=DEFAULT_ENV, help=f"default: {DEFAULT_ENV.relative_to(REPO_ROOT)}")
-    parser.add_argument("--python", default=shutil.which("python3.13") or shutil.which("python3.11") or "python3",
-                        help="the Python the environment is made with (3.11-3.13)")
+    parser.add_argument("--python", default=None,
+                        help="the Python the environment is made with (3.11-3.13; default: the first that runs)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     args = parser.parse_args(argv)
 
-    python = ensure_env(args.env.resolve(), args.python)
+    python = ensure_env(args.env.resolve(), args.python or default_python())
     names = args.names or [n for n in ALL_NOTEBOOKS if (NOTEBOOKS / n).is_file()]
     PeakMemory = _peak_memory_class()
     workdir = Path(tempfile.mkdtemp(prefix="bench-user-memory-"))
