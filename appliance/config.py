@@ -209,6 +209,98 @@ class Hub(Strict):
         return self
 
 
+# DNS names (RFC 1123): the hub's public host name goes into the proxy's certificate and OAuth callbacks.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
+# An image reference without tag or digest: [registry[:port]/]path, lower case (the OCI rule).
+_IMAGE_NAME = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*")
+_LABEL_KEY = re.compile(r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+
+
+class Kubernetes(Strict):
+    """The class on Kubernetes through the Zero to JupyterHub chart (`appliance k8s values`, `k8s size`).
+    Who may log in and each participant's memory_mb, cpus and idle_minutes come from `hub:`; only
+    what Kubernetes adds is here. No secret is ever here: an OAuth client secret goes to Helm."""
+
+    # The single-user image in the organizer's registry, without a tag (the tag is `version`).
+    image: StrictStr = "registry.example.org/dl-workshop/singleuser"
+    # Memory the scheduler reserves per participant; null: the limit (hub.memory_mb), so a class
+    # running the same cell at the same minute never overcommits a node.
+    memory_guarantee_mb: StrictInt | None = Field(default=None, ge=256, le=MAX_MEMORY_MB)
+    cpu_guarantee: float = Field(default=0.5, gt=0, le=64, strict=True)
+    storage_gb: StrictInt = Field(default=10, ge=1, le=1024)  # each participant's home volume
+    # The hub's public DNS name. With it the chart's proxy gets a Let's Encrypt certificate for it;
+    # null: the cluster's own ingress terminates TLS in front of the hub.
+    host: StrictStr | None = None
+    contact_email: StrictStr | None = None  # Let's Encrypt's contact (needed with host)
+    # native: roster users sign up with a password of their own and an admin approves each one;
+    # github or oauth (any OpenID/OAuth2 provider): the organizer's OAuth app, roster names = provider logins.
+    auth: Literal["native", "github", "oauth"] = "native"
+    oauth_client_id: StrictStr | None = None
+    oauth_authorize_url: StrictStr | None = None  # auth: oauth only: the provider's three endpoints
+    oauth_token_url: StrictStr | None = None
+    oauth_userdata_url: StrictStr | None = None
+    oauth_username_claim: StrictStr = "preferred_username"
+    gpu: bool = Field(default=False, strict=True)  # one GPU per participant (needs an image with GPU wheels)
+    gpu_node_selector: dict[StrictStr, StrictStr] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        if not _IMAGE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an image name; write registry.example.org/path/name, lower case, without :tag")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name; write the hub's name like hub.example.org (no https://, no path)")
+        return value
+
+    @field_validator("contact_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @field_validator("oauth_authorize_url", "oauth_token_url", "oauth_userdata_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("https://") or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} is not an https:// address")
+        return value
+
+    @field_validator("oauth_client_id", "oauth_username_claim")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return None if value is None else one_line(value)
+
+    @field_validator("gpu_node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(label):
+                raise ValueError(f"{key}: {label!r} is not a Kubernetes node label; use the label your GPU nodes carry")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Kubernetes":
+        if self.host is not None and self.contact_email is None:
+            raise ValueError("kubernetes.host needs kubernetes.contact_email (Let's Encrypt's contact for the certificate)")
+        if self.auth != "native":
+            if self.oauth_client_id is None:
+                raise ValueError(f"auth {self.auth} needs kubernetes.oauth_client_id (the secret is given to Helm, never here)")
+            if self.host is None:
+                raise ValueError(f"auth {self.auth} needs kubernetes.host: the OAuth callback is https://HOST/hub/oauth_callback")
+        if self.auth == "oauth":
+            for key in ("oauth_authorize_url", "oauth_token_url", "oauth_userdata_url"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"auth oauth needs kubernetes.{key} (the provider's endpoint)")
+        return self
+
+
 class Workshop(Strict):
     name: StrictStr
     version: StrictStr
@@ -228,6 +320,7 @@ class Workshop(Strict):
     license_file: StrictStr | None = None
     drive: Drive = Field(default_factory=Drive)
     hub: Hub = Field(default_factory=Hub)
+    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
 
     @field_validator("name")
     @classmethod
@@ -351,6 +444,17 @@ def _check_hub(path: Path, lines: dict, root: Path, hub: Hub) -> None:
             raise fail_at(path, lines, ("hub", key), f"{root / given} does not exist; fix the path or set both tls_cert and tls_key to null")
 
 
+def _check_kubernetes(path: Path, lines: dict, workshop: Workshop) -> None:
+    """Guarantees are what the scheduler reserves: never more than the limits in hub:."""
+    k8s, hub = workshop.kubernetes, workshop.hub
+    if k8s.memory_guarantee_mb is not None and k8s.memory_guarantee_mb > hub.memory_mb:
+        raise fail_at(path, lines, ("kubernetes", "memory_guarantee_mb"),
+                      f"{k8s.memory_guarantee_mb} is above the limit hub.memory_mb ({hub.memory_mb}); lower it or raise the limit")
+    if k8s.cpu_guarantee > hub.cpus:
+        raise fail_at(path, lines, ("kubernetes", "cpu_guarantee"),
+                      f"{k8s.cpu_guarantee} is above the limit hub.cpus ({hub.cpus}); lower it or raise the limit")
+
+
 def network_warnings(workshop: Workshop) -> list[str]:
     """Settings that are valid but expose the appliance beyond this computer."""
     address = workshop.ports.host_address
@@ -380,6 +484,7 @@ def load_config(path: Path) -> LoadedConfig:
         _check_license(path, lines, root, workshop.license_file)
 
     _check_hub(path, lines, root, workshop.hub)
+    _check_kubernetes(path, lines, workshop)
 
     manifest_path = root / workshop.assets.manifest
     if not manifest_path.is_file():

@@ -37,11 +37,12 @@ def _advice(error: dict[str, Any]) -> str:
         return f"{given!r} is above the maximum {ctx.get('le', ctx.get('lt'))}; lower it"
     if kind == "literal_error":
         return f"{given!r} is not allowed; use one of {ctx.get('expected')}"
-    if kind in {"string_type", "int_type", "int_parsing", "bool_type", "list_type", "dict_type", "model_type"}:
+    if kind in {"string_type", "int_type", "int_parsing", "float_type", "bool_type", "list_type", "dict_type", "model_type"}:
         wanted = {
             "string_type": "a string (quote it)",
             "int_type": "a whole number",
             "int_parsing": "a whole number",
+            "float_type": "a number (unquoted)",
             "bool_type": "true or false",
             "list_type": "a list",
             "dict_type": "a mapping of keys",

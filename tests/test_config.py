@@ -61,6 +61,21 @@ BAD_INPUTS = [
     pytest.param('name: x\nversion: "1"\nhub:\n  url: http://hub.example.org\n', r"w\.yml:4: hub\.url: .* is not an https:// address", id="hub-plain-http-url"),
     pytest.param('name: x\nversion: "1"\nhub:\n  bind_address: everywhere\n', r"w\.yml:4: hub\.bind_address: 'everywhere' is not an IP address", id="hub-bind"),
     pytest.param('name: x\nversion: "1"\nhub:\n  password: x\n', r"w\.yml:4: hub\.password: unknown key", id="hub-unknown-key"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  imgae: r.example.org/x\n', r"w\.yml:4: kubernetes\.imgae: unknown key", id="k8s-unknown-key"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  image: Registry.example.org/X:1.0\n', r"w\.yml:4: kubernetes\.image: .* is not an image name", id="k8s-image"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  storage_gb: 0\n', r"w\.yml:4: kubernetes\.storage_gb: 0 is below the minimum 1", id="k8s-storage"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  cpu_guarantee: "0.5"\n', r"w\.yml:4: kubernetes\.cpu_guarantee: '0\.5' has the wrong type; write a number", id="k8s-cpu-text"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  cpu_guarantee: 2.0\n', r"w\.yml:4: kubernetes\.cpu_guarantee: 2\.0 is above the limit hub\.cpus", id="k8s-cpu-over-limit"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  memory_guarantee_mb: 4096\n', r"w\.yml:4: kubernetes\.memory_guarantee_mb: 4096 is above the limit hub\.memory_mb", id="k8s-memory-over-limit"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  host: https://hub.example.org/\n  contact_email: a@example.org\n', r"w\.yml:4: kubernetes\.host: .* is not a DNS name", id="k8s-host-url"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  host: hub.example.org\n', r"w\.yml:3: kubernetes: kubernetes\.host needs kubernetes\.contact_email", id="k8s-host-without-email"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  auth: pam\n', r"w\.yml:4: kubernetes\.auth: 'pam' is not allowed; use one of", id="k8s-auth"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  auth: github\n  host: h.example.org\n  contact_email: a@example.org\n', r"kubernetes: auth github needs kubernetes\.oauth_client_id", id="k8s-oauth-without-client"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  auth: github\n  oauth_client_id: abc\n', r"kubernetes: auth github needs kubernetes\.host", id="k8s-oauth-without-host"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  auth: oauth\n  oauth_client_id: abc\n  host: h.example.org\n  contact_email: a@example.org\n', r"auth oauth needs kubernetes\.oauth_authorize_url", id="k8s-oauth-endpoints"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  oauth_token_url: http://id.example.org/token\n', r"w\.yml:4: kubernetes\.oauth_token_url: .* is not an https:// address", id="k8s-oauth-http"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  gpu: "yes"\n', r"w\.yml:4: kubernetes\.gpu: 'yes' has the wrong type; write true or false", id="k8s-gpu"),
+    pytest.param('name: x\nversion: "1"\nkubernetes:\n  gpu_node_selector: {"gpu type": "t4"}\n', r"kubernetes\.gpu_node_selector: .* is not a Kubernetes node label", id="k8s-gpu-label"),
 ]
 
 
