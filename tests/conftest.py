@@ -9,8 +9,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+VM_TIER = REPO_ROOT / "tests" / "vm"
+
+
+def shared_by_workers(name: str) -> FileLock:
+    """What two test workers (bin/run-tests runs two) make in the repository itself, ./env and
+    cache/wheels: the first makes it, the second waits and then finds it current."""
+    (REPO_ROOT / "cache").mkdir(exist_ok=True)
+    return FileLock(REPO_ROOT / "cache" / f".tests-{name}.lock")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With workers (--dist loadgroup): the VM tier is one unit, on one worker, started first
+    (it is the longest, and its session fixtures must be made once); every other module is a unit
+    of its own, so a module's fixtures (a 3 GB environment) are made on one worker only."""
+    for item in items:
+        in_vm_tier = VM_TIER in Path(str(item.fspath)).parents
+        item.add_marker(pytest.mark.xdist_group("vm" if in_vm_tier else item.nodeid.split("::")[0]))
+    if hasattr(config, "workerinput"):  # a worker of bin/run-tests; alone, the VM tier stays last
+        items.sort(key=lambda item: VM_TIER not in Path(str(item.fspath)).parents)
 
 
 @pytest.fixture
@@ -56,7 +76,8 @@ def wheelhouse() -> Path:
     from appliance.wheels import build_wheelhouse
 
     dest = REPO_ROOT / "cache" / "wheels"
-    build_wheelhouse(REPO_ROOT / "requirements" / "workshop.lock", dest)
+    with shared_by_workers("wheels"):
+        build_wheelhouse(REPO_ROOT / "requirements" / "workshop.lock", dest)
     return dest
 
 
@@ -72,7 +93,8 @@ def workshop_python(request: pytest.FixtureRequest) -> Path:
         return Path(given)
     request.getfixturevalue("wheelhouse")
     env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}"}
-    subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
+    with shared_by_workers("env"):
+        subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
     return REPO_ROOT / "env" / "bin" / "python"
 
 
