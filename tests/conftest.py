@@ -22,6 +22,7 @@ def shared_by_workers(name: str) -> FileLock:
     return FileLock(REPO_ROOT / "cache" / f".tests-{name}.lock")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With workers (--dist loadgroup): the VM tier is one unit, on one worker, started first
     (it is the longest, and its session fixtures must be made once); every other module is a unit
@@ -32,6 +33,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if hasattr(config, "workerinput"):  # a worker of bin/run-tests; alone, the VM tier stays last
         items.sort(key=lambda item: VM_TIER not in Path(str(item.fspath)).parents)
 
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A worker whose xdist did not apply the groups would build the VM tier twice: stop at once."""
+    if getattr(session.config.option, "loadgroup", False) and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError("pytest-xdist ignored the test groups (a pytest it does not support?); "
+                                "reinstall with bin/install-test-deps, or run with -n 0")
 
 @pytest.fixture
 def repo_root() -> Path:
