@@ -9,30 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
+
+from workers import SHARED_BUILD, shared_by_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VM_TIER = REPO_ROOT / "tests" / "vm"
-
-
-def shared_by_workers(name: str) -> FileLock:
-    """What two test workers (bin/run-tests runs two) make in the repository itself, ./env and
-    cache/wheels: the first makes it, the second waits and then finds it current."""
-    (REPO_ROOT / "cache").mkdir(exist_ok=True)
-    return FileLock(REPO_ROOT / "cache" / f".tests-{name}.lock")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With workers (--dist loadgroup): the VM tier is one unit, on one worker, started first
-    (it is the longest, and its session fixtures must be made once); every other module is a unit
-    of its own, so a module's fixtures (a 3 GB environment) are made on one worker only."""
+    """With workers (--dist loadgroup): the modules that share the VM tier's one build (marked
+    xdist_group(SHARED_BUILD)) are one unit, on one worker, started first (the longest path, and
+    their session fixtures are made once); every other module is a unit of its own, so a module's
+    fixtures (a 3 GB environment) are made on one worker only."""
     for item in items:
-        in_vm_tier = VM_TIER in Path(str(item.fspath)).parents
-        item.add_marker(pytest.mark.xdist_group("vm" if in_vm_tier else item.nodeid.split("::")[0]))
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if hasattr(config, "workerinput"):  # a worker of bin/run-tests; alone, the VM tier stays last
-        items.sort(key=lambda item: VM_TIER not in Path(str(item.fspath)).parents)
-
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SHARED_BUILD)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -38,11 +38,12 @@ from appliance.config import load_config
 from appliance.vm import qemu
 from appliance.vm.cachepaths import jupyter_token_path
 from freeports import free_port
+from workers import SHARED_BUILD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
 
-pytestmark = [pytest.mark.vm,
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD),
               pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which(qemu.QEMU) is None,
                                  reason="needs qemu-img and qemu-system-x86_64")]
 
