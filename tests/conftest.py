@@ -10,8 +10,29 @@ from pathlib import Path
 
 import pytest
 
+from workers import SHARED_BUILD, shared_by_workers
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With workers (--dist loadgroup): the modules that share the VM tier's one build (marked
+    xdist_group(SHARED_BUILD)) are one unit, on one worker, started first (the longest path, and
+    their session fixtures are made once); every other module is a unit of its own, so a module's
+    fixtures (a 3 GB environment) are made on one worker only."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if hasattr(config, "workerinput"):  # a worker of bin/run-tests; alone, the VM tier stays last
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != SHARED_BUILD)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A worker whose xdist did not apply the groups would build the VM tier twice: stop at once."""
+    if getattr(session.config.option, "loadgroup", False) and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError("pytest-xdist ignored the test groups (a pytest it does not support?); "
+                                "reinstall with bin/install-test-deps, or run with -n 0")
 
 @pytest.fixture
 def repo_root() -> Path:
@@ -56,7 +77,8 @@ def wheelhouse() -> Path:
     from appliance.wheels import build_wheelhouse
 
     dest = REPO_ROOT / "cache" / "wheels"
-    build_wheelhouse(REPO_ROOT / "requirements" / "workshop.lock", dest)
+    with shared_by_workers("wheels"):
+        build_wheelhouse(REPO_ROOT / "requirements" / "workshop.lock", dest)
     return dest
 
 
@@ -72,7 +94,8 @@ def workshop_python(request: pytest.FixtureRequest) -> Path:
         return Path(given)
     request.getfixturevalue("wheelhouse")
     env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}{os.pathsep}{Path(sys.executable).parent}"}
-    subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
+    with shared_by_workers("env"):
+        subprocess.run(["bash", str(REPO_ROOT / "local" / "setup.bash")], check=True, timeout=3600, env=env)
     return REPO_ROOT / "env" / "bin" / "python"
 
 

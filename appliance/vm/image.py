@@ -15,10 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
+
+from filelock import FileLock, Timeout
 
 from appliance.errors import ApplianceError
 
@@ -146,6 +149,30 @@ def ensure_rootfs_tarball(vm_cache: Path, log: Callable[[str], None] = print) ->
         return path
     require_root_tools("building the qemu root file system")
     vm_cache.mkdir(parents=True, exist_ok=True)
+    with cache_lock(vm_cache, log):
+        if path.exists():  # made by the build that held the lock
+            log(f"root file system: cached {path}")
+            return path
+        return _make_rootfs_tarball(vm_cache, path, log)
+
+
+@contextmanager
+def cache_lock(vm_cache: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """One maker of cache/vm's shared files at a time: a second build (or test worker) started
+    meanwhile waits, then finds the file made instead of deleting the first one's partial file."""
+    lock = FileLock(vm_cache / ".making.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"waiting for another build that is making a file in {vm_cache}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _make_rootfs_tarball(vm_cache: Path, path: Path, log: Callable[[str], None]) -> Path:
     started = time.monotonic()
     log(f"root file system: Debian {SUITE} from {MIRROR} with mmdebstrap (a few minutes, cached afterwards)")
     partial = path.with_name(path.name + ".partial")
@@ -231,6 +258,15 @@ def ensure_base_image(vm_cache: Path, disk_gb: int, log: Callable[[str], None] =
         return BaseImage(disk=path, key=key)
     tarball = ensure_rootfs_tarball(vm_cache, log)
     require_root_tools("building the qemu base image")
+    with cache_lock(vm_cache, log):
+        if path.exists():
+            log(f"base image: cached {path}")
+            return BaseImage(disk=path, key=key)
+        return _make_base_image(vm_cache, tarball, path, key, disk_gb, log)
+
+
+def _make_base_image(vm_cache: Path, tarball: Path, path: Path, key: Path, disk_gb: int,
+                     log: Callable[[str], None]) -> BaseImage:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="base-", dir=vm_cache) as work:
         workdir = Path(work)

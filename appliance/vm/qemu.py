@@ -11,6 +11,7 @@ console and boots again instead of waiting out the ssh timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -291,6 +292,15 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
+def monitor_socket_path(state: Path) -> Path:
+    """qemu's monitor socket: in the workshop's state folder, unless that path is too long for a
+    Unix socket (108 bytes; a deep checkout or test folder): then a short name in /tmp made from it."""
+    path = state / "monitor.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    return Path("/tmp") / f"appliance-qemu-{hashlib.sha256(os.fsencode(state)).hexdigest()[:16]}.sock"
+
+
 def _monitor(path: Path, command: str) -> None:
     try:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -341,7 +351,7 @@ def boot(disk: Path, config: LoadedConfig, key: Path, user: str, log: Callable[[
     accelerator = choose_accelerator(memo)
     console_log = state / "console.log"
     pidfile = pidfile_path(config)
-    monitor = state / "monitor.sock"
+    monitor = monitor_socket_path(state)
     pidfile.unlink(missing_ok=True)
     try:
         pid = _start(qemu_command(disk, config, accelerator, console_log, pidfile, monitor), pidfile)

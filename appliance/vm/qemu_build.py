@@ -314,7 +314,8 @@ def planned_play_commands(config: LoadedConfig, disk: Path, playbook: Path) -> l
     from appliance.vm.provision_vars import vars_file_path
 
     state = workshop_state(config)
-    qemu_line = qemu.qemu_command(disk, config, "tcg", state / "console.log", state / "qemu.pid", state / "monitor.sock")
+    qemu_line = qemu.qemu_command(disk, config, "tcg", state / "console.log", state / "qemu.pid",
+                                   qemu.monitor_socket_path(state))
     return [
         shlex.join(qemu_line),
         f"ANSIBLE_CONFIG={ANSIBLE_CFG} " + shlex.join(playbook_command(state / "inventory", config.path, vars_file_path(config), playbook)),
@@ -344,7 +345,8 @@ def planned_build_commands(config: LoadedConfig, provision_only: bool) -> list[s
     tarball = rootfs_tarball_path(vm_cache(config))
     work = state / "build-work"
     partial = final.with_name("disk.partial.qcow2")
-    qemu_line = qemu.qemu_command(partial, config, "tcg", state / "console.log", state / "qemu.pid", state / "monitor.sock")
+    qemu_line = qemu.qemu_command(partial, config, "tcg", state / "console.log", state / "qemu.pid",
+                                   qemu.monitor_socket_path(state))
     commands = [] if tarball.exists() else [shlex.join(mmdebstrap_command(tarball))]
     return commands + [
         shlex.join(["tar", "-C", str(work / "root"), "--numeric-owner", "--xattrs", "-xpf", str(tarball)]),

@@ -1,8 +1,8 @@
 """The VM tier's built disk, exported and checked from outside: the OVA unpacks with the
 .ovf first, every manifest hash matches, the OVF agrees with workshop.yml, and its VMDK
 boots again under qemu (TCG) on a SATA (AHCI) disk with an e1000 NIC, as VirtualBox
-attaches them, and Jupyter answers through the forwarded port. This proves the exported
-disk, not the build VM.
+attaches them, and Jupyter answers through the forwarded port (the two copies below). This
+proves the exported disk, not the build VM.
 
 Two copies of the exported disk are booted side by side, as two participants' imports: each
 shows its own Jupyter token on the console (read from the serial console, as a participant
@@ -23,13 +23,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,11 +38,12 @@ from appliance.config import load_config
 from appliance.vm import qemu
 from appliance.vm.cachepaths import jupyter_token_path
 from freeports import free_port
+from workers import SHARED_BUILD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 NS = {"ovf": ova.OVF_NS, "rasd": ova.RASD_NS, "vbox": ova.VBOX_NS}
 
-pytestmark = [pytest.mark.vm,
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD),
               pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which(qemu.QEMU) is None,
                                  reason="needs qemu-img and qemu-system-x86_64")]
 
@@ -135,46 +134,6 @@ def test_ovf_agrees_with_workshop_yml(exported):
         assert rules[rule.name].get("hostip") == rule.host_ip
         assert rules[rule.name].get("hostport") == str(rule.host_port)
         assert rules[rule.name].get("guestport") == str(rule.guest_port)
-
-
-def boot_vmdk(vmdk: Path, cpus: int, memory_mb: int, guest_port: int, console: Path,
-              ready: Callable[[int], object | None], timeout: float = 1200) -> object | None:
-    """Boot the VMDK as VirtualBox attaches it (SATA/AHCI disk, e1000 NIC) under qemu TCG,
-    forward a free host port to guest_port, and poll ready(port) until it returns a value.
-    A boot whose kernel panics (qemu's rare multi-threaded TCG race, as the product's own
-    qemu.boot_until_ssh handles it) is stopped and booted again, up to qemu.BOOT_ATTEMPTS."""
-    deadline = time.monotonic() + timeout
-    for attempt in range(1, qemu.BOOT_ATTEMPTS + 1):
-        port = free_port()
-        command = [
-            qemu.QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
-            # snapshot=on leaves the VMDK as exported
-            "-drive", f"file={vmdk},format=vmdk,if=none,id=disk0,snapshot=on",
-            "-device", "ahci,id=ahci", "-device", "ide-hd,drive=disk0,bus=ahci.0",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{guest_port}",
-            "-device", "e1000,netdev=net0",
-            "-display", "none", "-serial", f"file:{console}", "-no-reboot",
-        ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            while time.monotonic() < deadline and process.poll() is None:
-                if qemu.console_shows_panic(console):
-                    break
-                answer = ready(port)
-                if answer is not None:
-                    return answer
-                time.sleep(5)
-            else:
-                return None
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if attempt < qemu.BOOT_ATTEMPTS:
-            console.replace(console.with_name(f"{console.stem}-panic-{attempt}.log"))
-    return None
 
 
 def _console_tail(console: Path) -> str:
@@ -392,34 +351,3 @@ def test_build_key_refused_and_no_sudo_for_the_workshop_user(two_copies, exporte
     rules = first.ssh(key, "instructor", "sudo -n -l -U workshop; sudo -n -l -U vagrant; sudo -n chage -l vagrant")
     assert rules.stdout.count("not allowed to run sudo") == 2, rules
     assert re.search(r"Account expires\s*:\s*Jan 0?2, 1970", rules.stdout), rules.stdout
-
-
-def test_exported_base_image_boots_on_sata(tmp_path):
-    """The vm tier's unprovisioned base image (cache/vm/base-*.qcow2), through the same export:
-    it boots from the VMDK on AHCI and its sshd answers through the forwarded port."""
-    bases = sorted((REPO_ROOT / "cache" / "vm").glob("base-*.qcow2"))
-    if not bases:
-        pytest.skip("no base image in cache/vm: the vm tier makes one (appliance build --provider qemu)")
-    copy = tmp_path / "base.qcow2"
-    shutil.copyfile(bases[-1], copy)  # the vm tier may be using the original
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "export", "--disk", str(copy), "--provider", "qemu",
-         "--out", str(tmp_path / "dist")],
-        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=3600)
-    assert result.returncode == 0, result.stderr
-    (ova_path,) = (tmp_path / "dist").glob("*.ova")
-    with tarfile.open(ova_path) as tar:
-        (vmdk_member,) = [m for m in tar.getmembers() if m.name.endswith(".vmdk")]
-        tar.extract(vmdk_member, tmp_path, filter="data")
-    console = tmp_path / "console.log"
-
-    def ssh_banner(port: int) -> str | None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                banner = sock.recv(64).decode(errors="replace")
-        except OSError:
-            return None
-        return banner if banner.startswith("SSH-") else None
-
-    banner = boot_vmdk(tmp_path / vmdk_member.name, 2, 1024, 22, console, ssh_banner, timeout=900)
-    assert banner is not None, f"no ssh banner through the forwarded port; console:\n{_console_tail(console)}"

@@ -12,7 +12,9 @@ import pytest
 import requests
 import websocket
 
-pytestmark = pytest.mark.vm
+from workers import SHARED_BUILD
+
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD)]
 
 
 @pytest.mark.parametrize("service", ["jupyter.service", "tensorboard.socket"])

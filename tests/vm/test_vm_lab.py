@@ -15,8 +15,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "browser"))
 from labkit import (chromium, finished_cleanly, launcher_offers_the_workshop_kernel_only,  # noqa: E402
                     login_needs_the_token, requests_leaving, run_all, screenshot)
+from workers import SHARED_BUILD  # noqa: E402
 
-pytestmark = [pytest.mark.vm, pytest.mark.browser]
+pytestmark = [pytest.mark.vm, pytest.mark.browser, pytest.mark.xdist_group(SHARED_BUILD)]
 QUICK_COPY = "00-framework-basics-quick.ipynb"
 VM_REQUESTS: list[str] = []  # what the module's page asked for, in order
 
