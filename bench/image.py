@@ -110,7 +110,9 @@ def main() -> int:
             print(f"image unpacked:          {gb(sum(u for _, u in layers))}")
             for name, (compressed, unpacked) in zip(names, layers):
                 print(f"  layer {name:<18} {gb(compressed)} compressed, {gb(unpacked)} unpacked")
-            print(f"notebook layer reproduced: {'yes' if built.notebook_layer_reproduced else 'NO'}")
+            print(f"notebook layer reproduced: {'yes' if built.notebook_layer_reproduced else 'NO'} (committed twice)")
+            for name, digest in zip(names, built.layers):
+                print(f"  diff id {name:<18} {digest}")
             print(f"VM OVA:                  {ova_size(config.root)}")
             wheels = cache_dir(REPO_ROOT) / "wheels"
             total = sum(p.stat().st_size for p in wheels.rglob("*.whl"))

@@ -31,6 +31,8 @@ def run_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     built = build_image(config, args.out, compress=not args.uncompressed)
     print(f"image {built.reference}: {len(built.layers)} layers (OS and environment, assets, notebooks)")
+    for what, digest in zip(("OS and environment", "assets", "notebooks"), built.layers):
+        print(f"  {digest}  {what}")
     print("push it to your registry (replace REGISTRY, e.g. registry.example.org/workshop):")
     print(built.push_line)
     return 0

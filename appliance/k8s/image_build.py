@@ -68,11 +68,15 @@ class Buildah:
 
     def __init__(self, storage: Path) -> None:
         driver = os.environ.get("APPLIANCE_IMAGE_STORAGE_DRIVER", "overlay")
+        # buildah's scratch copies of layers (gigabytes) go under the storage, removed with it
+        self.tmp = storage / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.base = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
                      "--storage-driver", driver]
 
     def __call__(self, *args: str) -> str:
-        result = subprocess.run([*self.base, *args], capture_output=True, text=True)
+        result = subprocess.run([*self.base, *args], capture_output=True, text=True,
+                                env={**os.environ, "TMPDIR": str(self.tmp)})
         if result.returncode != 0:
             detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
             raise ApplianceError(f"buildah {args[0]} failed (exit {result.returncode}): {detail}")
