@@ -92,6 +92,7 @@ def main() -> int:
             if not python.exists():
                 progress("bench/image.py: ./env is missing; run local/setup.bash first")
                 return 2
+            (Path(work) / "workshop").mkdir()
             config_path, _, _ = make_workshop(Path(work) / "workshop", REPO_ROOT, python, name="imagebench")
         config = load_config(config_path)
         try:

@@ -112,7 +112,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory, workshop_python: Path)
     root = tmp_path_factory.mktemp("image-workshop")
     config_path, _, assets = make_workshop(root, REPO_ROOT, workshop_python, name="imagetest")
     started = time.monotonic()
-    result = run_appliance("image", "build", "--config", str(config_path), "--uncompressed", timeout=1800)
+    result = run_appliance("image", "build", "--config", str(config_path), timeout=1800)
     build_seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     archive = root / "dist" / "imagetest-1-singleuser.oci.tar"
@@ -187,7 +187,7 @@ def test_build_prints_the_push_line_and_reproduces_the_notebook_layer(built_imag
     # The build commits the notebook layer twice from the same inputs and compares digests.
     assert "not reproducible" not in out
     print(f"\nimage tier: build {built_image.build_seconds:.0f} s, archive "
-          f"{built_image.archive.stat().st_size / 1024**3:.2f} GB (uncompressed layers)")
+          f"{built_image.archive.stat().st_size / 1024**3:.2f} GB (gzip layers)")
 
 
 def test_image_runs_as_uid_1000_with_the_start_script(built_image: Built):

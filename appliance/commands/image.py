@@ -20,8 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--config", type=Path, default=config_path(), help="workshop.yml (default: the repository's)")
     build.add_argument("--out", type=Path, default=None, help="output folder (default: dist/)")
-    build.add_argument("--uncompressed", action="store_true",
-                       help="write the layers uncompressed: a faster build and load, a larger archive to push")
     build.set_defaults(run=run_build)
 
 
@@ -29,7 +27,7 @@ def run_build(args: argparse.Namespace) -> int:
     from appliance.k8s.image_build import build_image
 
     config = load_config(args.config)
-    built = build_image(config, args.out, compress=not args.uncompressed)
+    built = build_image(config, args.out)
     print(f"image {built.reference}: {len(built.layers)} layers (OS and environment, assets, notebooks)")
     for what, digest in zip(("OS and environment", "assets", "notebooks"), built.layers):
         print(f"  {digest}  {what}")

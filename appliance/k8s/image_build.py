@@ -247,9 +247,7 @@ def _remove_storage(folder: Path, buildah: Buildah | None = None) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def build_image(
-    config: LoadedConfig, out: Path | None = None, log: Callable[[str], None] = print, compress: bool = True
-) -> ImageBuild:
+def build_image(config: LoadedConfig, out: Path | None = None, log: Callable[[str], None] = print) -> ImageBuild:
     check_build_inputs(config)
     started = time.monotonic()
     stages: dict[str, float] = {}
@@ -298,10 +296,9 @@ def build_image(
             if not reproduced:
                 log("image: warning: the notebook layer differed when committed twice (not reproducible)")
             mark = time.monotonic()
-            log(f"image: writing {final.name}" + (" (compressing the layers)" if compress else " (layers uncompressed)"))
+            log(f"image: writing {final.name} (compressing the layers)")
             partial.unlink(missing_ok=True)
-            buildah("push", "--quiet", "--format", "oci", *([] if compress else ["--disable-compression"]), image,
-                    f"oci-archive:{partial}:{reference}")
+            buildah("push", "--quiet", "--format", "oci", image, f"oci-archive:{partial}:{reference}")
             os.replace(partial, final)
             stages["archive"] = time.monotonic() - mark
     finally:
