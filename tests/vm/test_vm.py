@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import psutil
 import pytest
 import requests
-import websocket
+
+from kernelclient import run_cells
 
 from workers import SHARED_BUILD
 
@@ -47,41 +47,8 @@ def test_jupyter_needs_the_token(built_vm):
 
 
 def _run_in_kernel(built_vm, sources: list[str], timeout: float = 900) -> str:
-    """Run code cells on a kernel the VM's Jupyter starts (kernels API + websocket channels),
-    as JupyterLab does; returns what they printed, fails the test on an error."""
-    auth = {"Authorization": f"token {built_vm.token}"}
-    base = built_vm.jupyter_url
-    kernel = requests.post(f"{base}/api/kernels", headers=auth, json={"name": "workshop"}, timeout=60).json()
-    ws = websocket.create_connection(
-        f"ws://127.0.0.1:{built_vm.ports['jupyter']}/api/kernels/{kernel['id']}/channels", header=auth, timeout=timeout
-    )
-    try:
-        output = []
-        for source in sources:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
-                           "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": source, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
-            }))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = message["msg_type"]
-                if kind == "stream":
-                    output.append(message["content"]["text"])
-                elif kind == "error":
-                    pytest.fail(f"cell failed:\n{source[:500]}\n" + "\n".join(message["content"]["traceback"]))
-                elif kind == "execute_reply":
-                    assert message["content"]["status"] == "ok"
-                    break
-    finally:
-        ws.close()
-        requests.delete(f"{base}/api/kernels/{kernel['id']}", headers=auth, timeout=60)
-    return "".join(output)
+    """Run code cells on a kernel the VM's Jupyter starts; returns what they printed."""
+    return run_cells(built_vm.jupyter_url, built_vm.token, sources, timeout)
 
 
 def test_every_notebook_and_asset_is_where_the_notebooks_look(built_vm):
