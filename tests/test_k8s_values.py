@@ -77,6 +77,8 @@ CHART_SCHEMA: dict[str, Any] = closed({
             "capacity": {"type": ["string", NULL]},
         }, required=("type", "homeMountPath")),
         "defaultUrl": {"type": ["string", NULL]},
+        "uid": {"type": ["integer", NULL]},
+        "fsGid": {"type": ["integer", NULL]},
         "lifecycleHooks": closed({"postStart": OPEN_OBJECT, "preStop": OPEN_OBJECT}),
         "extraResource": closed({"limits": OPEN_OBJECT, "guarantees": OPEN_OBJECT}),
         "nodeSelector": OPEN_OBJECT,
@@ -397,3 +399,13 @@ def test_sizing_refuses(tmp_path: Path, participants: int, node_gb: float, cpus:
 
 def test_errors_are_appliance_errors() -> None:
     assert issubclass(UsageError, ApplianceError) and UsageError.exit_code == 2
+
+
+def test_the_pods_run_the_image_as_its_own_account(tmp_path: Path) -> None:
+    """The values and the image agree: the image's user, and its home as the participant's volume."""
+    from appliance.k8s.image import IMAGE_HOME, IMAGE_UID
+    from appliance.k8s.values import build_values
+
+    singleuser = build_values(load_config(make_workshop(tmp_path)))["singleuser"]
+    assert (singleuser["uid"], singleuser["fsGid"]) == (IMAGE_UID, IMAGE_UID)
+    assert singleuser["storage"]["homeMountPath"] == IMAGE_HOME == "/home/workshop"

@@ -19,11 +19,10 @@ import yaml
 from appliance.config import LoadedConfig
 from appliance.errors import UsageError
 from appliance.k8s.chart import CHART_VERSION, helm_command
+from appliance.k8s.image import IMAGE_HOME, IMAGE_UID
 
 # The first line of every file this module writes: only such a file is replaced without --force.
 MARKER = "# Written by `appliance k8s values` from workshop.yml"
-# The chart's default user home (docker-stacks' jovyan, uid 1000), where the image's notebooks land.
-HOME = "/home/jovyan"
 # OAuthenticator reads its client secret from this variable when the config does not set one.
 OAUTH_SECRET_ENV = "OAUTH_CLIENT_SECRET"
 AUTHENTICATORS = {
@@ -109,7 +108,10 @@ def build_values(config: LoadedConfig) -> dict[str, Any]:
         # KubeSpawner reads "M" as MiB, the unit hub.memory_mb has on one server (systemd).
         "memory": {"limit": f"{hub.memory_mb}M", "guarantee": f"{guarantee_mb}M"},
         "cpu": {"limit": float(hub.cpus), "guarantee": float(k8s.cpu_guarantee)},
-        "storage": {"capacity": f"{k8s.storage_gb}Gi"},
+        # The image's account (the VM's): its home is the volume, its group owns the volume's files.
+        "uid": IMAGE_UID,
+        "fsGid": IMAGE_UID,
+        "storage": {"capacity": f"{k8s.storage_gb}Gi", "homeMountPath": IMAGE_HOME},
         "defaultUrl": "/lab",
         **_updates(config),
     }
