@@ -55,6 +55,8 @@ class Hub:
     def session(self) -> requests.Session:
         session = requests.Session()
         session.verify = self.cert
+        # requests lets REQUESTS_CA_BUNDLE (set on CI machines) override a session's verify
+        session.trust_env = False
         return session
 
     def login(self, user: str, password: str) -> tuple[requests.Session, requests.Response]:
