@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance_runner import run_appliance
 from workers import SHARED_BUILD, shared_by_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,16 +38,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-def run_appliance(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run `python -m appliance` as a user would, capturing its output."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        cwd=cwd or REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import nbformat
 import pytest
 import requests
 
-from conftest import REPO_ROOT, run_appliance
+from appliance_runner import REPO_ROOT, run_appliance
 from freeports import free_ports
 from kernelclient import run_cells
 
