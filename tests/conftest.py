@@ -74,6 +74,17 @@ def wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    """cache/wheels/hub and cache/npm as `appliance fetch --wheels` fills them (real PyPI and npm
+    the first time; later only verified): the hub tiers and the image (jupyterhub-singleuser)."""
+    from appliance.commands.fetch import fill_hub
+
+    with shared_by_workers("hub-wheels"):
+        fill_hub(REPO_ROOT / "cache")
+    return REPO_ROOT / "cache"
+
+
+@pytest.fixture(scope="session")
 def workshop_python(request: pytest.FixtureRequest) -> Path:
     """The Python of the workshop environment (the lock installed), for kernels and local mode.
 

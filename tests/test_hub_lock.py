@@ -25,14 +25,6 @@ UV = str(Path(sys.executable).parent / "uv")
 VM_TARGET = Target("3.13", "linux_x86_64")
 
 
-@pytest.fixture(scope="session")
-def hub_cache() -> Path:
-    """cache/wheels/hub and cache/npm as `appliance fetch --wheels` fills them (real PyPI and npm
-    the first time; later only verified)."""
-    from appliance.commands.fetch import fill_hub
-
-    fill_hub(REPO_ROOT / "cache")
-    return REPO_ROOT / "cache"
 
 
 def test_lock_header_names_the_command_in_hub_in() -> None:

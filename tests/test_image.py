@@ -105,7 +105,7 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built_image(tmp_path_factory: pytest.TempPathFactory, workshop_python: Path) -> Iterator[Built]:
+def built_image(tmp_path_factory: pytest.TempPathFactory, workshop_python: Path, hub_cache: Path) -> Iterator[Built]:
     reason = _skip_reason()
     if reason:
         pytest.skip(f"image tier: {reason}")
