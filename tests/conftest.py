@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance_runner import run_appliance
+from appliance_runner import REPO_ROOT, run_appliance
 from workers import SHARED_BUILD, shared_by_workers
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

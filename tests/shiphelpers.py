@@ -11,15 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from appliance_runner import run_appliance  # noqa: F401  (test_ova imports it from here)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-
-def run_appliance(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`python -m appliance ...` as a user runs it (for module-scoped fixtures)."""
-    import sys
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "appliance", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 # Values unlike the defaults, so a test sees they travel from workshop.yml into the OVA.
 WORKSHOP = {
