@@ -11,7 +11,7 @@ from appliance.paths import config_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    hub = subparsers.add_parser("hub", help="the class JupyterHub: user passwords and their slips")
+    hub = subparsers.add_parser("hub", help="the class JupyterHub: passwords and slips; status, restart and collect on the day")
     actions = hub.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
     slips = actions.add_parser(
         "slips", help="make passwords for new roster users and write a sheet of slips to print and cut",
@@ -25,6 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     slips.add_argument("--out", type=Path, default=None, metavar="FILE",
                        help="the sheet, a new file (default: hub-slips-<time>.html in the workshop's state folder)")
     slips.set_defaults(run=run_slips)
+
+    # The day-of commands: the same inventory as `appliance deploy --mode hub`.
+    status = actions.add_parser("status", help="who is logged in, and the memory each participant's server uses",
+                                description="Asks the hub on the server (over ssh, as the deploy does).")
+    restart = actions.add_parser("restart", help="restart one participant's server (their files stay)")
+    restart.add_argument("user", help="the participant's user name")
+    collect = actions.add_parser("collect", help="every participant's notebooks folder in one archive on this machine")
+    collect.add_argument("--out", type=Path, default=None, metavar="FILE.tar.gz",
+                         help="a new file (default: dist/<name>-<version>-notebooks-<time>.tar.gz)")
+    for action, run in ((status, run_status), (restart, run_restart), (collect, run_collect)):
+        action.add_argument("--inventory", type=Path, required=True, metavar="FILE", help="the deploy's Ansible inventory")
+        action.add_argument("--config", type=Path, default=config_path(), help="default: workshop.yml in the repository")
+        action.set_defaults(run=run)
 
 
 def run_slips(args: argparse.Namespace) -> int:
@@ -54,4 +67,27 @@ def run_slips(args: argparse.Namespace) -> int:
     if issued.dropped:
         print(f"no longer on the roster (no hub login after the next deploy): {', '.join(issued.dropped)}")
     print(f"password hashes for the deploy: {accounts_path(config)}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from appliance.hub.ops import format_status, hub_status
+
+    print(format_status(hub_status(load_config(args.config), args.inventory)))
+    return 0
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    from appliance.hub.ops import restart_server
+
+    restart_server(load_config(args.config), args.inventory, args.user)
+    print(f"{args.user}: server restarted (their files are as they were)")
+    return 0
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from appliance.hub.ops import collect_notebooks
+
+    archive = collect_notebooks(load_config(args.config), args.inventory, args.out)
+    print(f"every participant's notebooks: {archive}")
     return 0
