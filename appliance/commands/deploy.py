@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deploy.add_argument("--inventory", type=Path, required=True, metavar="FILE", help="Ansible inventory naming the server(s)")
     deploy.add_argument("--config", type=Path, default=config_path(), help="default: workshop.yml in the repository")
     deploy.add_argument("--check", action="store_true", help="change nothing; show what would change")
+    deploy.add_argument("--users-only", action="store_true",
+                        help="only the accounts and the hub's allow-list (after a roster change and `hub slips`)")
+    deploy.add_argument("--remove-departed", action="store_true",
+                        help="remove the accounts and homes of users no longer on the roster (default: locked, files kept)")
     deploy.set_defaults(run=run_deploy)
 
 
@@ -30,7 +34,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     started = time.monotonic()
-    report = deploy_hub(config, args.inventory, check=args.check)
+    report = deploy_hub(config, args.inventory, check=args.check, users_only=args.users_only,
+                        remove_departed=args.remove_departed)
     print("")
     print("time per role:")
     for role, seconds in sorted(report.role_seconds.items(), key=lambda item: -item[1]):

@@ -41,16 +41,21 @@ def check_ready(config: LoadedConfig, inventory: Path) -> Path:
     return accounts
 
 
-def deploy_command(config: LoadedConfig, inventory: Path, accounts: Path, vars_path: Path, check: bool) -> list[str]:
+def deploy_command(config: LoadedConfig, inventory: Path, accounts: Path, vars_path: Path, check: bool,
+                   users_only: bool = False, remove_departed: bool = False) -> list[str]:
     command = playbook_command(inventory.resolve(), config.path, vars_path, HUB_PLAYBOOK)
-    command[1:1] = ["--extra-vars", json.dumps({"hub_accounts_file": str(accounts.resolve())})]
-    return command + (["--check", "--diff"] if check else [])
+    extra = {"hub_accounts_file": str(accounts.resolve()), "hub_users_remove_departed": remove_departed}
+    command[1:1] = ["--extra-vars", json.dumps(extra)]
+    # users only: the accounts and the hub's allow-list (provision/hub.yml's `users` tag), for a
+    # roster change on the day without walking the whole server again
+    return command + (["--tags", "users"] if users_only else []) + (["--check", "--diff"] if check else [])
 
 
-def deploy_hub(config: LoadedConfig, inventory: Path, check: bool = False,
-               log: Callable[[str], None] = print) -> PlaybookReport:
+def deploy_hub(config: LoadedConfig, inventory: Path, check: bool = False, users_only: bool = False,
+               remove_departed: bool = False, log: Callable[[str], None] = print) -> PlaybookReport:
     accounts = check_ready(config, inventory)
     state = workshop_state(config)
     state.mkdir(parents=True, exist_ok=True)
-    command = deploy_command(config, inventory, accounts, write_provision_vars(config), check)
+    command = deploy_command(config, inventory, accounts, write_provision_vars(config), check, users_only,
+                             remove_departed)
     return run_ansible(command, state / "hub-ansible-report.json", "the hub deploy", log)
