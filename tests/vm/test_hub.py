@@ -33,7 +33,7 @@ NOTEBOOK = "00-framework-basics.ipynb"
 
 
 @pytest.fixture(scope="module")
-def hub(built_disk, tmp_path_factory) -> Hub:
+def hub(built_disk, hub_cache, tmp_path_factory) -> Hub:
     with start_hub(built_disk.root, built_disk.config_path, built_disk.disk, tmp_path_factory.mktemp("hub"),
                    users=USERS, memory_mb=MEMORY_MB, idle_minutes=IDLE_MINUTES, vm_memory_mb=8192) as hub:
         print(f"\nfirst hub deploy ({USERS} users): {hub.deploy_seconds:.0f} s")
