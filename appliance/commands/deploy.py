@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deploy.add_argument("--inventory", type=Path, required=True, metavar="FILE", help="Ansible inventory naming the server(s)")
     deploy.add_argument("--config", type=Path, default=config_path(), help="default: workshop.yml in the repository")
     deploy.add_argument("--check", action="store_true", help="change nothing; show what would change")
+    deploy.add_argument("--dry-run", action="store_true",
+                        help="check the controller's side, print the ansible-playbook command, run nothing")
     deploy.set_defaults(run=run_deploy)
 
 
@@ -30,7 +32,9 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     started = time.monotonic()
-    report = deploy_hub(config, args.inventory, check=args.check)
+    report = deploy_hub(config, args.inventory, check=args.check, dry_run=args.dry_run)
+    if report is None:
+        return 0
     print("")
     print("time per role:")
     for role, seconds in sorted(report.role_seconds.items(), key=lambda item: -item[1]):
