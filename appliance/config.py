@@ -209,6 +209,15 @@ class Hub(Strict):
         return self
 
 
+class Servers(Strict):
+    """The machines `appliance deploy` targets (a class hub, or a personal Jupyter): what they have
+    that the VM and the laptops do not. The kubernetes: section has its own `gpu` for its nodes."""
+
+    # true: NVIDIA GPU servers: the deploy installs requirements/workshop-gpu.lock (tensorflow[and-cuda])
+    # from cache/wheels/gpu and first checks that the server's NVIDIA driver is loaded and new enough.
+    gpu: bool = Field(default=False, strict=True)
+
+
 # DNS names (RFC 1123): the hub's public host name goes into the proxy's certificate and OAuth callbacks.
 _HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
 # An image reference without tag or digest: [registry[:port]/]path, lower case (the OCI rule).
@@ -321,6 +330,7 @@ class Workshop(Strict):
     drive: Drive = Field(default_factory=Drive)
     hub: Hub = Field(default_factory=Hub)
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
+    servers: Servers = Field(default_factory=Servers)
 
     @field_validator("name")
     @classmethod

@@ -37,3 +37,8 @@ def hub_lock_file(root: Path = REPO_ROOT) -> Path:
     """The class JupyterHub's own environment (requirements/hub.in), Linux x86_64, CPython 3.13."""
     return requirements_dir(root) / "hub.lock"
 
+
+
+def gpu_lock_file(root: Path = REPO_ROOT) -> Path:
+    """The workshop environment on GPU servers (tensorflow[and-cuda]), Linux x86_64, CPython 3.13."""
+    return requirements_dir(root) / "workshop-gpu.lock"

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="only the accounts and the hub's allow-list (after a roster change and `hub slips`)")
     deploy.add_argument("--remove-departed", action="store_true",
                         help="remove the accounts and homes of users no longer on the roster (default: locked, files kept)")
+    deploy.add_argument("--dry-run", action="store_true",
+                        help="check the controller's side, print the ansible-playbook command, run nothing")
     deploy.set_defaults(run=run_deploy)
 
 
@@ -35,7 +37,9 @@ def run_deploy(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     started = time.monotonic()
     report = deploy_hub(config, args.inventory, check=args.check, users_only=args.users_only,
-                        remove_departed=args.remove_departed)
+                        remove_departed=args.remove_departed, dry_run=args.dry_run)
+    if report is None:
+        return 0
     print("")
     print("time per role:")
     for role, seconds in sorted(report.role_seconds.items(), key=lambda item: -item[1]):

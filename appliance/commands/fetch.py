@@ -8,6 +8,7 @@ from pathlib import Path
 from appliance.assets import UNPINNED, FetchOptions, failure_line, fetch_assets
 from appliance.config import LoadedConfig, load_config
 from appliance.errors import ApplianceError, UsageError
+from appliance.gpu import check_gpu_ready, fill_gpu_wheels, gpu_wheels_dir
 from appliance.manifest import Asset
 from appliance.paths import config_path, lock_file
 from appliance.table import format_table, human_size
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--installers", action="store_true", help="include the installers (kind: installer)")
     fetch.add_argument("--wheels", action="store_true",
                        help="also fill CACHE/wheels from the lock file: every drive.platforms of workshop.yml "
-                       "with drive.python, and what the VM needs")
+                       "with drive.python, and what the VM needs; the hub's in CACHE/wheels/hub, and with "
+                       "servers.gpu the GPU lock's in CACHE/wheels/gpu")
     fetch.add_argument("--python", action="append", default=[], metavar="X.Y",
                        help="with --wheels: another CPython version for the drive's platforms (repeatable), e.g. 3.12")
     fetch.add_argument("--retries", type=int, default=3, metavar="N", help="extra attempts per URL on network errors (default 3)")
@@ -116,6 +118,9 @@ def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool, pythons
         if not wheels:
             raise ApplianceError(f"offline: no wheels in {dest}; run `appliance fetch --wheels` where there is internet")
         print(f"wheelhouse: {len(wheels)} wheels in {dest}")
+        if loaded.workshop.servers.gpu:
+            check_gpu_ready(loaded, cache)
+            print(f"GPU wheelhouse: every wheel of the GPU lock in {gpu_wheels_dir(cache)}")
         return
     from appliance import wheels  # only this branch needs pip and packaging
 
@@ -125,6 +130,8 @@ def fill_wheelhouse(loaded: LoadedConfig, cache: Path, *, offline: bool, pythons
     drive = loaded.workshop.drive
     wheels.fill(lock, dest, wheels.wheel_targets(drive.platforms, drive.python, pythons or []))
     fill_hub(cache)
+    if loaded.workshop.servers.gpu:  # the CUDA wheels are gigabytes: only for GPU servers
+        fill_gpu_wheels(loaded.root, cache)
 
 
 def fill_hub(cache: Path) -> None:

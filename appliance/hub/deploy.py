@@ -4,17 +4,19 @@ settings `appliance` validated and the hub accounts `appliance hub slips` made."
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 from appliance.config import LoadedConfig
 from appliance.errors import ApplianceError, UsageError
+from appliance.gpu import check_gpu_ready, python_env_vars
 from appliance.hub.accounts import accounts_path, hub_people
 from appliance.hub.passwords import load_accounts
 from appliance.paths import hub_lock_file
 from appliance.vm.cachepaths import workshop_state
 from appliance.vm.playbook import PROVISION_DIR, PlaybookReport, playbook_command, run_ansible
-from appliance.vm.provision_vars import write_provision_vars
+from appliance.vm.provision_vars import vars_file_path, write_provision_vars
 
 HUB_PLAYBOOK = PROVISION_DIR / "hub.yml"
 
@@ -38,13 +40,16 @@ def check_ready(config: LoadedConfig, inventory: Path) -> Path:
         raise UsageError(f"the wheelhouse {cache / 'wheels'} is empty; run `appliance fetch --wheels`")
     if not hub_lock_file().is_file():
         raise ApplianceError(f"{hub_lock_file()} is missing from this checkout")
+    check_gpu_ready(config)
     return accounts
 
 
 def deploy_command(config: LoadedConfig, inventory: Path, accounts: Path, vars_path: Path, check: bool,
                    users_only: bool = False, remove_departed: bool = False) -> list[str]:
     command = playbook_command(inventory.resolve(), config.path, vars_path, HUB_PLAYBOOK)
-    extra = {"hub_accounts_file": str(accounts.resolve()), "hub_users_remove_departed": remove_departed}
+    # on GPU servers (servers.gpu) python_env installs the GPU lock from its own wheelhouse
+    extra = {"hub_accounts_file": str(accounts.resolve()), "hub_users_remove_departed": remove_departed,
+             **python_env_vars(config)}
     command[1:1] = ["--extra-vars", json.dumps(extra)]
     # users only: the accounts and the hub's allow-list (provision/hub.yml's `users` tag), for a
     # roster change on the day without walking the whole server again
@@ -52,8 +57,14 @@ def deploy_command(config: LoadedConfig, inventory: Path, accounts: Path, vars_p
 
 
 def deploy_hub(config: LoadedConfig, inventory: Path, check: bool = False, users_only: bool = False,
-               remove_departed: bool = False, log: Callable[[str], None] = print) -> PlaybookReport:
+               remove_departed: bool = False, log: Callable[[str], None] = print,
+               dry_run: bool = False) -> PlaybookReport | None:
+    """Run the play; with `dry_run`, only check the controller and print the command (None)."""
     accounts = check_ready(config, inventory)
+    if dry_run:  # writes nothing: the vars file is named where the deploy would render it
+        command = deploy_command(config, inventory, accounts, vars_file_path(config), check, users_only, remove_departed)
+        log(f"ansible: {shlex.join(command)}")
+        return None
     state = workshop_state(config)
     state.mkdir(parents=True, exist_ok=True)
     command = deploy_command(config, inventory, accounts, write_provision_vars(config), check, users_only,
