@@ -157,3 +157,50 @@ def test_deploy_refuses_before_touching_a_host(appliance_cli, workdir: Path, pre
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or "--mode" in args, result.stderr
     assert "ansible:" not in result.stdout  # no play started
+
+
+def _render_jupyter_config(repo_root: Path, tmp_path: Path, overrides: dict) -> dict:
+    """jupyter_server_config.json as the jupyter role writes it, rendered by Ansible itself from the
+    role's defaults, the shared group vars and the play's overrides (personal.yml's, or none: the VM)."""
+    from appliance.vm.provision_vars import provision_vars
+
+    config = load_config(repo_root / "workshop.yml")
+    (tmp_path / "vars.json").write_text(json.dumps(provision_vars(config)))
+    out = tmp_path / "jupyter_server_config.json"
+    roles = repo_root / "provision" / "roles"
+    play = [{
+        "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(repo_root / "provision" / "group_vars" / "all.yml"), str(roles / "jupyter" / "defaults" / "main.yml"),
+                       str(tmp_path / "vars.json")],
+        "tasks": [{"ansible.builtin.template": {"src": str(roles / "jupyter" / "templates" / "jupyter_server_config.json.j2"),
+                                                "dest": str(out), "mode": "0600"}}],
+    }]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    extra = {"workshop_config": str(repo_root / "workshop.yml"), "ansible_python_interpreter": sys.executable, **overrides}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e", json.dumps(extra),
+         str(tmp_path / "play.yml")],
+        env=dict(os.environ, ANSIBLE_CONFIG=str(repo_root / "provision" / "ansible.cfg")),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_the_vm_keeps_its_plain_loopback_forwarded_jupyter(repo_root: Path, tmp_path: Path) -> None:
+    server = _render_jupyter_config(repo_root, tmp_path, {})
+    assert server["ServerApp"]["ip"] == "0.0.0.0" and "certfile" not in server["ServerApp"]
+    assert "ServerProxy" not in server and "PasswordIdentityProvider" not in server
+
+
+def test_personal_jupyter_serves_https_with_the_password_only(repo_root: Path, tmp_path: Path) -> None:
+    hashed = "argon2:$argon2id$v=19$m=10240,t=10,p=8$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"
+    server = _render_jupyter_config(repo_root, tmp_path, {
+        "jupyter_port": 8443, "jupyter_bind_address": "0.0.0.0", "jupyter_password_hash": hashed,
+        "jupyter_certfile": "/etc/workshop/tls/cert.pem", "jupyter_keyfile": "/etc/workshop/tls/key.pem",
+        "jupyter_allow_remote_access": True, "jupyter_tensorboard_port": 6006})
+    app = server["ServerApp"]
+    assert (app["port"], app["certfile"], app["keyfile"]) == (8443, "/etc/workshop/tls/cert.pem", "/etc/workshop/tls/key.pem")
+    assert server["IdentityProvider"] == {"token": ""}  # token login off
+    assert server["PasswordIdentityProvider"] == {"hashed_password": hashed, "allow_password_change": False}
+    assert server["ServerProxy"]["servers"]["tensorboard"] == {
+        "port": 6006, "absolute_url": False, "launcher_entry": {"title": "TensorBoard"}}
