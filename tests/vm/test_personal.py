@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD)]
 NAME = "vmpers"
 LOOP_SECONDS = 900  # every wait below is capped
 DEPLOY_SECONDS = 3600
+LLMNR_PORT = 5355  # systemd-resolved answers link-local name queries on it in Debian's image
 
 
 @dataclass
@@ -166,7 +167,9 @@ def test_only_ssh_and_jupyter_listen_beyond_loopback(personal: Personal) -> None
         address, _, port = line.split()[3].rpartition(":")
         if not re.fullmatch(r"(127\.\d+\.\d+\.\d+|\[::1\]|\[::ffff:127\.\d+\.\d+\.\d+\])(%\w+)?", address):
             public.add(int(port))
-    assert public <= {22, personal.https_port}, listening
+    # beside ssh and Jupyter's HTTPS only the OS's own LLMNR (systemd-resolved, 5355): not HTTP, not ours
+    assert public <= {22, personal.https_port, LLMNR_PORT}, listening
+    assert personal.https_port in public, listening
     # TensorBoard's port is on loopback only: its forward reaches nothing
     session = requests.Session()
     session.trust_env = False
