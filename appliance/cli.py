@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "appliance.commands.thumbdrive",
     "appliance.commands.hub",
     "appliance.commands.deploy",
+    "appliance.commands.personal",
     "appliance.commands.image",
     "appliance.commands.k8s",
 )

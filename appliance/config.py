@@ -220,6 +220,67 @@ class Servers(Strict):
 
 # DNS names (RFC 1123): the hub's public host name goes into the proxy's certificate and OAuth callbacks.
 _HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
+
+
+# --- the personal mode (`appliance deploy --mode personal`): one user's Jupyter on a remote machine ---
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+class Acme(Strict):
+    """A certificate from Let's Encrypt (the distribution's certbot, HTTP-01 challenge) for a host
+    with a public DNS name; certbot's timer renews it."""
+
+    # The host's public DNS name (its A/AAAA record points at the server; port 80 reachable from
+    # the internet while certbot asks for or renews the certificate).
+    domain: StrictStr
+    # Let's Encrypt's contact for expiry notices.
+    email: StrictStr
+    # Let's Encrypt's staging CA (untrusted certificates, generous rate limits): for a trial run.
+    staging: bool = Field(default=False, strict=True)
+
+    @field_validator("domain")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _HOST_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a DNS name; write the host's name like gpu1.example.org (no https://, no port)")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.fullmatch(value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+
+class Personal(Strict):
+    """One user's Jupyter (and TensorBoard through it) on a remote machine, HTTPS only, with the
+    password `appliance personal password` sets (only its hash is kept, on the organizer's machine)."""
+
+    # Where Jupyter listens on the server. Every interface is fine here: it serves HTTPS only
+    # and asks for the password; there is no plain-HTTP port.
+    bind_address: StrictStr = "0.0.0.0"
+    port: StrictInt = Field(default=8888, ge=1, le=65535)
+    # A certificate and its key on the organizer's machine (PEM; absolute, or inside the workshop
+    # folder); both null (and no acme): the server makes a self-signed one.
+    tls_cert: StrictStr | None = None
+    tls_key: StrictStr | None = None
+    # Let's Encrypt for a host with a public DNS name (null: given or self-signed certificate).
+    acme: Acme | None = None
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_ip(cls, value: str) -> str:
+        return _ip_address(value, "0.0.0.0 (every interface) or one of the server's")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Personal":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both personal.tls_cert and personal.tls_key, or neither (a self-signed certificate is made)")
+        if self.acme is not None and self.tls_cert is not None:
+            raise ValueError("personal.acme and personal.tls_cert both name a certificate; keep one")
+        return self
+
 # An image reference without tag or digest: [registry[:port]/]path, lower case (the OCI rule).
 _IMAGE_NAME = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*")
 _LABEL_KEY = re.compile(r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
@@ -329,6 +390,7 @@ class Workshop(Strict):
     license_file: StrictStr | None = None
     drive: Drive = Field(default_factory=Drive)
     hub: Hub = Field(default_factory=Hub)
+    personal: Personal = Field(default_factory=Personal)
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
     servers: Servers = Field(default_factory=Servers)
 
@@ -443,15 +505,20 @@ def _check_hub(path: Path, lines: dict, root: Path, hub: Hub) -> None:
         problem = _outside(root, hub.roster, f"the workshop folder {root}")
         if problem:
             raise fail_at(path, lines, ("hub", "roster"), problem)
+    _check_tls_files(path, lines, root, "hub", hub)
+
+
+def _check_tls_files(path: Path, lines: dict, root: Path, section: str, settings: Hub | Personal) -> None:
+    """hub.tls_cert / personal.tls_cert and their keys: files on the organizer's machine."""
     for key in ("tls_cert", "tls_key"):
-        given = getattr(hub, key)
+        given = getattr(settings, key)
         if given is None:
             continue
         # The key is a secret that belongs outside the repository, so an absolute path is fine here.
         if control_character(given):
-            raise fail_at(path, lines, ("hub", key), "must be one line: the path of a PEM file")
+            raise fail_at(path, lines, (section, key), "must be one line: the path of a PEM file")
         if not (root / given).is_file():
-            raise fail_at(path, lines, ("hub", key), f"{root / given} does not exist; fix the path or set both tls_cert and tls_key to null")
+            raise fail_at(path, lines, (section, key), f"{root / given} does not exist; fix the path or set both tls_cert and tls_key to null")
 
 
 def _check_kubernetes(path: Path, lines: dict, workshop: Workshop) -> None:
@@ -494,6 +561,7 @@ def load_config(path: Path) -> LoadedConfig:
         _check_license(path, lines, root, workshop.license_file)
 
     _check_hub(path, lines, root, workshop.hub)
+    _check_tls_files(path, lines, root, "personal", workshop.personal)
     _check_kubernetes(path, lines, workshop)
 
     manifest_path = root / workshop.assets.manifest

@@ -34,7 +34,7 @@ def _workshop(workdir: Path) -> Path:
     pytest.param(None, ["--inventory", "inventory"], "no hub passwords yet", id="no-slips"),
     pytest.param("slips+roster", ["--inventory", "inventory"], "the roster changed since the last", id="roster-changed"),
     pytest.param("slips", ["--inventory", "inventory"], "the hub's wheels or proxy are not in", id="no-hub-cache"),
-    pytest.param(None, ["--inventory", "inventory", "--mode", "personal"], "invalid choice: 'personal'", id="mode"),
+    pytest.param(None, ["--inventory", "inventory", "--mode", "laptop"], "invalid choice: 'laptop'", id="mode"),
 ])
 def test_deploy_refuses_before_touching_a_host(appliance_cli, workdir: Path, prepare: str | None, args: list[str],
                                                expected: str) -> None:
