@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import LoadedConfig
+from appliance.gpu import check_gpu_ready, python_env_vars
 from appliance.errors import UsageError
 from appliance.personal.password import load_hash, password_path
 from appliance.vm.cachepaths import workshop_state
@@ -40,6 +41,7 @@ def check_ready(config: LoadedConfig, inventory: Path) -> Path:
         raise UsageError(f"no password for the personal Jupyter yet ({password}); run `appliance personal password` first")
     if not any((config.root / "cache" / "wheels").glob("*.whl")):
         raise UsageError(f"the wheelhouse {config.root / 'cache' / 'wheels'} is empty; run `appliance fetch --wheels`")
+    check_gpu_ready(config)
     return password
 
 
@@ -49,7 +51,9 @@ def certs_dir(config: LoadedConfig) -> Path:
 
 def deploy_command(config: LoadedConfig, inventory: Path, password: Path, vars_path: Path, check: bool) -> list[str]:
     command = playbook_command(inventory.resolve(), config.path, vars_path, PERSONAL_PLAYBOOK)
-    extra = {"personal_password_file": str(password.resolve()), "personal_certs_dir": str(certs_dir(config).resolve())}
+    # on GPU servers (servers.gpu) python_env installs the GPU lock from its own wheelhouse
+    extra = {"personal_password_file": str(password.resolve()), "personal_certs_dir": str(certs_dir(config).resolve()),
+             **python_env_vars(config)}
     command[1:1] = ["--extra-vars", json.dumps(extra)]
     return command + (["--check", "--diff"] if check else [])
 

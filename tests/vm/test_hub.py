@@ -21,9 +21,9 @@ import pytest
 import requests
 
 from vm.hubclient import Hub, ensure_running, execute, log_in_and_start, percentile, run_appliance, start_hub, wait
-from workers import SHARED_BUILD
+from workers import SERVER_TIERS, SHARED_BUILD
 
-pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD)]
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD), SERVER_TIERS]
 
 USERS = int(os.environ.get("HUB_TEST_USERS", "20"))
 NOTEBOOK_USERS = 2  # of them, who also run notebook 00 in quick mode

@@ -27,9 +27,9 @@ import yaml
 
 from appliance_runner import REPO_ROOT, run_appliance
 from freeports import free_ports
-from workers import SHARED_BUILD
+from workers import SERVER_TIERS, SHARED_BUILD
 
-pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD)]
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group(SHARED_BUILD), SERVER_TIERS]
 
 NAME = "vmpers"
 LOOP_SECONDS = 900  # every wait below is capped
