@@ -240,3 +240,64 @@ def test_a_disk_write_that_cannot_fit_is_refused_first(tmp_path):
     require_free_space(tmp_path, free // 2, "writing the disk image")
     with pytest.raises(ApplianceError, match=r"writing the disk image needs about .* GB free under .*; free some space"):
         require_free_space(tmp_path, free * 2, "writing the disk image")
+
+
+def _small_disk(tmp_path: Path) -> Path:
+    """A 1 GB partitioned qcow2 disk as the build writes it, holding /etc/hostname."""
+    from appliance.vm.image import write_disk
+
+    root = tmp_path / "tree"
+    (root / "boot" / "extlinux").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc" / "hostname").write_text("workshop\n")
+    raw = tmp_path / "built.raw"
+    write_disk(root, raw, 1, "0d6c4c9e-3c47-4a59-9d0a-2a1b1f6f3d11")
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw.unlink()
+    return disk
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("extlinux") is None or shutil.which("qemu-img") is None,
+                    reason="needs root, extlinux and qemu-img")
+def test_mounted_disk_writes_back_only_a_successful_changed_session(tmp_path):
+    """--provision-only's mount: the play writes to an overlay (no raw copy where FUSE works);
+    a scratch session and a failed one leave the disk's bytes as they were, a successful one
+    replaces the disk with a standalone qcow2 holding the change; nothing is left in `work`."""
+    from appliance.vm.chroot import fuse_export_usable, mounted_disk
+
+    disk = _small_disk(tmp_path)
+    before = _sha256(disk)
+    work = tmp_path / "work"
+
+    with mounted_disk(disk, work, write_back=False) as root:
+        (root / "etc" / "scratch").write_text("gone\n")
+        if fuse_export_usable():
+            # a view, not a copy: the raw file is the storage daemon's FUSE mount
+            assert os.path.ismount(work / "disk.raw")
+    assert _sha256(disk) == before
+
+    with pytest.raises(RuntimeError):
+        with mounted_disk(disk, work) as root:
+            (root / "etc" / "failed").write_text("gone\n")
+            raise RuntimeError("the play failed")
+    assert _sha256(disk) == before
+
+    with mounted_disk(disk, work, write_back=lambda: True) as root:
+        (root / "etc" / "hostname").write_text("changed\n")
+    assert _sha256(disk) != before
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(disk)], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert "backing-filename" not in info  # standalone: the overlay was flattened into it
+    assert sorted(p.name for p in work.iterdir()) == []
+    assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path) in line]
+
+    with mounted_disk(disk, work, write_back=False) as root:
+        assert (root / "etc" / "hostname").read_text() == "changed\n"
+        assert not (root / "etc" / "scratch").exists() and not (root / "etc" / "failed").exists()

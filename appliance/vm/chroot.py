@@ -6,14 +6,18 @@ into a guest whose CPU qemu emulates.
 system (/proc, /sys, /dev, a /run with the host's DNS answer) and keeps services from
 starting while packages install; all of it is gone again when the session ends, so nothing
 of the build host lands in the image. `mounted_disk` opens a built qcow2 disk as such a
-folder (for `--provision-only`) and writes it back only when the play succeeded.
+folder (for `--provision-only`) without copying it, and writes it back only when the play
+succeeded and changed something.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -70,35 +74,101 @@ def chroot_session(root: Path) -> Iterator[Path]:
         yield root
 
 
+def _stop(pid: int, timeout: float = 60.0) -> None:
+    """SIGTERM, then wait: qemu-storage-daemon flushes the image and leaves its FUSE mount."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{pid}").exists():
+        raise ApplianceError(f"qemu-storage-daemon (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+def fuse_export_usable() -> bool:
+    """qemu-storage-daemon (qemu-system-common) and /dev/fuse: a qcow2 shows as a raw file."""
+    return shutil.which("qemu-storage-daemon") is not None and Path("/dev/fuse").exists()
+
+
+@contextmanager
+def _raw_view(image: Path, work: Path) -> Iterator[Path]:
+    """The qcow2 `image` as a raw file that losetup can open, without copying it: qemu-storage-
+    daemon's FUSE export. Writes (and discards: freed blocks become zero clusters) go to `image`."""
+    raw = work / "disk.raw"
+    raw.touch()
+    pidfile = work / "storage-daemon.pid"
+    # JSON, not key=value: a comma in a path would split qemu's option string
+    _run(["qemu-storage-daemon", "--daemonize", "--pidfile", str(pidfile),
+          "--blockdev", json.dumps({"driver": "file", "node-name": "file", "filename": str(image),
+                                    "discard": "unmap"}),
+          "--blockdev", json.dumps({"driver": "qcow2", "node-name": "disk", "file": "file", "discard": "unmap"}),
+          "--export", json.dumps({"type": "fuse", "id": "raw", "node-name": "disk", "mountpoint": str(raw),
+                                  "writable": True})])
+    pid = int(pidfile.read_text())
+    try:
+        yield raw
+    finally:
+        _stop(pid)
+        if os.path.ismount(raw):  # a daemon that died leaves its mount behind
+            subprocess.run(["umount", "--lazy", str(raw)], capture_output=True)
+        raw.unlink(missing_ok=True)
+
+
+@contextmanager
+def _raw_copy(image: Path, work: Path) -> Iterator[Path]:
+    """Without FUSE: a raw copy of `image` (qemu-img convert; seconds per gigabyte). The copy
+    stays for the write-back; mounted_disk removes it."""
+    raw = work / "disk.raw"
+    _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
+    yield raw
+
+
 @contextmanager
 def mounted_disk(disk: Path, work: Path, write_back: bool | Callable[[], bool] = True) -> Iterator[Path]:
-    """The root file system of the qcow2 `disk` mounted at a folder under `work`. The disk is
-    converted to raw beside it and back only when the block succeeds: a failed play leaves
-    `disk` as it was (and `write_back=False` makes it a scratch copy). A callable `write_back`
-    is asked after the block: a play that changed nothing need not rewrite gigabytes."""
+    """The root file system of the qcow2 `disk` mounted at a folder under `work`. `disk` itself
+    is only read: the block writes to a copy-on-write overlay (seen as a raw file through
+    qemu-storage-daemon's FUSE export, or copied to raw where FUSE is missing). When the block
+    succeeds and `write_back` says so, the overlay is flattened into a new standalone qcow2
+    under a temporary name, checked, and renamed over `disk`; a failed play, or
+    `write_back=False` (a scratch session), leaves `disk` as it was. A callable `write_back` is
+    asked after the block: a play that changed nothing need not rewrite gigabytes."""
     work.mkdir(parents=True, exist_ok=True)
-    raw = work / "disk.raw"
+    overlay = work / "overlay.qcow2"
     mountpoint = work / "root"
-    _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(disk), str(raw)])
+    overlay.unlink(missing_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", "qcow2", str(overlay)])
+    fuse = fuse_export_usable()
     try:
-        loop = _run(["losetup", "--find", "--show", f"--offset={PARTITION_START_SECTOR * 512}", str(raw)]).strip()
-        try:
-            mountpoint.mkdir(exist_ok=True)
-            _run(["mount", loop, str(mountpoint)])
+        with (_raw_view if fuse else _raw_copy)(overlay, work) as raw:
+            loop = _run(["losetup", "--find", "--show", f"--offset={PARTITION_START_SECTOR * 512}", str(raw)]).strip()
             try:
-                yield mountpoint
-                # Blocks the play freed become holes in the raw file, so the qcow2 stays small.
-                _run(["fstrim", str(mountpoint)])
+                mountpoint.mkdir(exist_ok=True)
+                _run(["mount", loop, str(mountpoint)])
+                try:
+                    yield mountpoint
+                    # Blocks the play freed become zeros, so the written-back qcow2 stays small.
+                    _run(["fstrim", str(mountpoint)])
+                finally:
+                    subprocess.run(["umount", str(mountpoint)], capture_output=True)
             finally:
-                subprocess.run(["umount", str(mountpoint)], capture_output=True)
-        finally:
-            subprocess.run(["losetup", "--detach", loop], capture_output=True)
+                subprocess.run(["losetup", "--detach", loop], capture_output=True)
+        # (the storage daemon has let go of the overlay here: qemu-img may open it)
         if not (write_back() if callable(write_back) else write_back):
             return
+        # The FUSE view wrote into the overlay; the raw copy holds the changes itself.
+        source, source_format = (overlay, "qcow2") if fuse else (work / "disk.raw", "raw")
         partial = disk.with_name(disk.name + ".partial")
-        _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
-        os.replace(partial, disk)
+        try:
+            _run(["qemu-img", "convert", "-f", source_format, "-O", "qcow2", str(source), str(partial)])
+            _run(["qemu-img", "check", "-q", str(partial)])
+            os.replace(partial, disk)
+        finally:
+            partial.unlink(missing_ok=True)
     finally:
-        raw.unlink(missing_ok=True)
+        overlay.unlink(missing_ok=True)
+        if not os.path.ismount(work / "disk.raw"):
+            (work / "disk.raw").unlink(missing_ok=True)
         if mountpoint.is_dir() and not os.path.ismount(mountpoint):
             mountpoint.rmdir()

@@ -254,8 +254,8 @@ def build(config: LoadedConfig, provision_only: bool = False, log: Callable[[str
 
 def reprovision(config: LoadedConfig, log: Callable[[str], None] = print) -> QemuBuild:
     """site.yml again on the built disk: as root, over the chroot connection on the mounted
-    disk (host speed; the disk is written back only when the play succeeds); otherwise over
-    ssh in the booted VM."""
+    disk (host speed; the play writes to an overlay, which replaces the disk only when the
+    play succeeded and changed something); otherwise over ssh in the booted VM."""
     final = qemu.built_disk_path(config)
     if not final.exists():
         raise ApplianceError(f"no built VM at {final}; run `appliance build --provider qemu` first")
@@ -336,11 +336,15 @@ def planned_build_commands(config: LoadedConfig, provision_only: bool) -> list[s
     )
     if provision_only:
         work = state / "reprovision-work"
+        overlay = work / "overlay.qcow2"
         return [
-            shlex.join(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(final), str(work / "disk.raw")]),
+            shlex.join(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(final), "-F", "qcow2", str(overlay)]),
+            f"qemu-storage-daemon --export type=fuse ... {overlay} as the raw file {work / 'disk.raw'} "
+            "(without FUSE: qemu-img convert to raw)",
             f"losetup + mount {work / 'disk.raw'} at {work / 'root'}; /proc, /sys, /dev, /run for the chroot",
             f"{play}   # inventory: community.general.chroot on {work / 'root'}",
-            shlex.join(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(work / "disk.raw"), str(final)]),
+            "only when a task changed something: " + shlex.join(
+                ["qemu-img", "convert", "-O", "qcow2", str(overlay), f"{final}.partial"]) + f"; qemu-img check; mv to {final}",
         ]
     tarball = rootfs_tarball_path(vm_cache(config))
     work = state / "build-work"
