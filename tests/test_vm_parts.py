@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,8 @@ def test_disk_writer_puts_the_root_in_a_bootable_partition(tmp_path):
     listed = subprocess.run(["debugfs", "-R", "ls /boot/extlinux", str(part)], capture_output=True, text=True).stdout
     assert "ldlinux.sys" in listed
     assert tree_bytes(root) > 0
+    stats = subprocess.run(["dumpe2fs", "-h", str(part)], capture_output=True, text=True).stdout
+    assert re.search(r"^Total journal size:\s+32M$", stats, re.M), stats
 
 
 def test_a_disk_write_that_cannot_fit_is_refused_first(tmp_path):
