@@ -176,6 +176,10 @@ class Hub(Strict):
     memory_mb: StrictInt = Field(default=2048, ge=256, le=MAX_MEMORY_MB)
     cpus: float = Field(default=1.0, gt=0, le=64, strict=True)  # strict: a quoted "2" is a typo
     idle_minutes: StrictInt = Field(default=60, ge=5, le=7 * 24 * 60)
+    # How long a participant's server may take to start before the hub calls it failed. Raise it for
+    # a slow or small server where the whole class logs in at once (measured: 20 at once in an
+    # emulated guest need well over 300 s).
+    spawn_timeout_seconds: StrictInt = Field(default=300, ge=30, le=3600)
     # A certificate and its key on the organizer's machine (PEM; absolute, or inside the workshop
     # folder); both null: the server makes a self-signed one.
     tls_cert: StrictStr | None = None

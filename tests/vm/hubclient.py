@@ -207,7 +207,9 @@ def start_hub(root: Path, config_path: Path, disk: Path, scratch: Path, users: i
     workshop["ports"] = {"host_address": "127.0.0.1", "jupyter": https_port, "tensorboard": http_port, "ssh": ssh_port}
     workshop["hub"] = {"admins": [names[0]], "roster": "roster.csv", "url": f"https://localhost:{https_port}/",
                        "port": https_port, "http_port": http_port, "memory_mb": memory_mb, "cpus": 1.0,
-                       "idle_minutes": idle_minutes}
+                       "idle_minutes": idle_minutes,
+                       # 20 servers starting at once in an emulated guest took over 12 minutes of CPU
+                       "spawn_timeout_seconds": 1800}
     hub_config = root / "hub-workshop.yml"
     hub_config.write_text(yaml.safe_dump(workshop, sort_keys=False))
     config = load_config(hub_config)
